@@ -1,0 +1,186 @@
+"""Recurrent cells as pairs of pure functions.
+
+A cell is the extension point of jaxrnn. It is written for *one example* and the engine
+(`jaxrnn.engine`) batches it with `vmap`, runs it over time with `lax.scan`, and stacks it
+into layers and directions, with lengths and dropout.
+
+Every cell has
+  init(key, input_size, hidden_size, bias=True) -> params    (a dict of arrays)
+  step(params, carry, x) -> (carry, y)                        x: [input_size], y: [hidden_size]
+  zero_carry(hidden_size, dtype) -> carry                     for one example
+
+and may also split `step` into a time-parallel part and a serial part, which lets the engine
+hoist the input matmul out of the time loop (one big GEMM per layer instead of T small ones):
+  project(params, xs) -> projected          xs: [..., input_size], any leading dims
+  recur(params, carry, projected_t) -> (carry, y)
+with `recur(params, carry, project(params, x)) == step(params, carry, x)`.
+
+The built-in cells use PyTorch's parameter layout and gate order, so converting weights is a
+rename: `weight_ih` [G*H, I], `weight_hh` [G*H, H], `bias_ih` [G*H], `bias_hh` [G*H], with
+G = 1 (RNN), 4 (LSTM, gates i, f, g, o) or 3 (GRU, gates r, z, n).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+
+Params = dict[str, jax.Array]
+Carry = Any
+
+
+@dataclasses.dataclass(frozen=True)
+class Cell:
+    """A recurrent cell: pure functions over a parameter dict (see the module docstring).
+
+    Attributes:
+      name: the cell's name, e.g. "lstm".
+      init: (key, input_size, hidden_size, bias) -> params.
+      step: (params, carry, x[input_size]) -> (carry, y[hidden_size]); one example.
+      zero_carry: (hidden_size, dtype) -> the all-zero carry of one example.
+      project: optional (params, xs[..., input_size]) -> per-step projected inputs.
+      recur: optional (params, carry, projected_t) -> (carry, y); the serial part of `step`.
+      carry_size: how many arrays the carry holds (1 for a bare array, 2 for LSTM's (h, c)).
+    """
+
+    name: str
+    init: Callable[..., Params]
+    step: Callable[[Params, Carry, jax.Array], tuple[Carry, jax.Array]]
+    zero_carry: Callable[[int, Any], Carry]
+    project: Callable[[Params, jax.Array], Any] | None = None
+    recur: Callable[[Params, Carry, Any], tuple[Carry, jax.Array]] | None = None
+    carry_size: int = 1
+
+
+def uniform_init(key, shape, bound, dtype=jnp.float32):
+    """U(-bound, bound), PyTorch's default for recurrent layers with bound = 1/sqrt(H)."""
+    return jax.random.uniform(key, shape, dtype, -bound, bound)
+
+
+def gated_init(num_gates: int):
+    """Returns init(key, input_size, hidden_size, bias=True, dtype) in PyTorch's layout."""
+
+    def init(key, input_size: int, hidden_size: int, bias: bool = True, dtype=jnp.float32):
+        bound = 1.0 / hidden_size**0.5
+        k_ih, k_hh, k_bi, k_bh = jax.random.split(key, 4)
+        gh = num_gates * hidden_size
+        params = {
+            "weight_ih": uniform_init(k_ih, (gh, input_size), bound, dtype),
+            "weight_hh": uniform_init(k_hh, (gh, hidden_size), bound, dtype),
+        }
+        if bias:
+            params["bias_ih"] = uniform_init(k_bi, (gh,), bound, dtype)
+            params["bias_hh"] = uniform_init(k_bh, (gh,), bound, dtype)
+        return params
+
+    return init
+
+
+def _linear(x, weight, bias):
+    """x @ weight.T + bias over any leading dims of x; bias may be None."""
+    y = x @ weight.T
+    return y if bias is None else y + bias
+
+
+def _split_gates(slab, num_gates):
+    """[..., G*H] -> tuple of G arrays [..., H]."""
+    return tuple(jnp.split(slab, num_gates, axis=-1))
+
+
+def _zero_h(hidden_size, dtype=jnp.float32):
+    return jnp.zeros((hidden_size,), dtype)
+
+
+def _zero_hc(hidden_size, dtype=jnp.float32):
+    return (jnp.zeros((hidden_size,), dtype), jnp.zeros((hidden_size,), dtype))
+
+
+# --- Elman RNN: h' = act(W_ih x + b_ih + W_hh h + b_hh) ------------------------------------
+
+
+def _rnn_cell(activation, name):
+    def project(params, xs):
+        return _linear(xs, params["weight_ih"], params.get("bias_ih"))
+
+    def recur(params, h, xp):
+        h = activation(xp + _linear(h, params["weight_hh"], params.get("bias_hh")))
+        return h, h
+
+    def step(params, h, x):
+        return recur(params, h, project(params, x))
+
+    return Cell(name, gated_init(1), step, _zero_h, project, recur, 1)
+
+
+# --- LSTM (PyTorch equations, gate order i, f, g, o) ----------------------------------------
+#   i = σ(W_ii x + b_ii + W_hi h + b_hi)    f = σ(W_if x + b_if + W_hf h + b_hf)
+#   g = tanh(W_ig x + b_ig + W_hg h + b_hg) o = σ(W_io x + b_io + W_ho h + b_ho)
+#   c' = f * c + i * g                      h' = o * tanh(c')
+
+
+def _lstm_project(params, xs):
+    # Split per gate here, once, outside the time loop: slicing a hoisted [T, B, 4H] slab
+    # inside the scan body costs about 2x the whole step on CPU (PERF_NOTES).
+    return _split_gates(_linear(xs, params["weight_ih"], params.get("bias_ih")), 4)
+
+
+def _lstm_recur(params, carry, xp):
+    h, c = carry
+    xi, xf, xg, xo = xp
+    hi, hf, hg, ho = _split_gates(_linear(h, params["weight_hh"], params.get("bias_hh")), 4)
+    i = jax.nn.sigmoid(xi + hi)
+    f = jax.nn.sigmoid(xf + hf)
+    g = jnp.tanh(xg + hg)
+    o = jax.nn.sigmoid(xo + ho)
+    c = f * c + i * g
+    h = o * jnp.tanh(c)
+    return (h, c), h
+
+
+def _lstm_step(params, carry, x):
+    return _lstm_recur(params, carry, _lstm_project(params, x))
+
+
+# --- GRU (PyTorch equations, gate order r, z, n; b_hn stays inside r * (...)) ---------------
+#   r = σ(W_ir x + b_ir + W_hr h + b_hr)    z = σ(W_iz x + b_iz + W_hz h + b_hz)
+#   n = tanh(W_in x + b_in + r * (W_hn h + b_hn))
+#   h' = (1 - z) * n + z * h
+
+
+def _gru_project(params, xs):
+    return _split_gates(_linear(xs, params["weight_ih"], params.get("bias_ih")), 3)
+
+
+def _gru_recur(params, h, xp):
+    xr, xz, xn = xp
+    hr, hz, hn = _split_gates(_linear(h, params["weight_hh"], params.get("bias_hh")), 3)
+    r = jax.nn.sigmoid(xr + hr)
+    z = jax.nn.sigmoid(xz + hz)
+    n = jnp.tanh(xn + r * hn)
+    h = (1.0 - z) * n + z * h
+    return h, h
+
+
+def _gru_step(params, h, x):
+    return _gru_recur(params, h, _gru_project(params, x))
+
+
+RNN_TANH = _rnn_cell(jnp.tanh, "rnn_tanh")
+RNN_RELU = _rnn_cell(jax.nn.relu, "rnn_relu")
+LSTM = Cell("lstm", gated_init(4), _lstm_step, _zero_hc, _lstm_project, _lstm_recur, 2)
+GRU = Cell("gru", gated_init(3), _gru_step, _zero_h, _gru_project, _gru_recur, 1)
+
+CELLS: dict[str, Cell] = {c.name: c for c in (RNN_TANH, RNN_RELU, LSTM, GRU)}
+NUM_GATES = {"rnn_tanh": 1, "rnn_relu": 1, "lstm": 4, "gru": 3}
+
+
+def get_cell(mode: str | Cell) -> Cell:
+    """Looks up a built-in cell by name, or passes a `Cell` through."""
+    if isinstance(mode, Cell):
+        return mode
+    if mode not in CELLS:
+        raise ValueError(f"mode must be one of {sorted(CELLS)} or a jaxrnn.Cell, got {mode!r}")
+    return CELLS[mode]

@@ -1,0 +1,39 @@
+"""Shared test configuration: strict JAX numerics and small fixtures."""
+
+import os
+
+import jax
+import pytest
+
+jax.config.update("jax_numpy_rank_promotion", "raise")
+
+
+@pytest.fixture
+def x64():
+    """Turns on float64 for one test (parity checks to ~1e-10), then restores the default."""
+    previous = jax.config.jax_enable_x64
+    jax.config.update("jax_enable_x64", True)
+    try:
+        yield
+    finally:
+        jax.config.update("jax_enable_x64", previous)
+
+
+@pytest.fixture
+def small_text():
+    """A small, made-up English text (a few KB) for fast training tests."""
+    lines = [
+        "the quick brown fox jumps over the lazy dog.",
+        "to be, or not to be: that is the question.",
+        "all the world's a stage, and all the men and women merely players.",
+        "now is the winter of our discontent made glorious summer.",
+    ]
+    return "\n".join(lines * 40) + "\n"
+
+
+def corpus_path():
+    """The full tiny-shakespeare text, if this machine has it (tests marked `corpus`)."""
+    for candidate in (os.environ.get("JAXRNN_TINYSHAKESPEARE"), "data/tinyshakespeare.txt"):
+        if candidate and os.path.exists(candidate):
+            return candidate
+    return None
