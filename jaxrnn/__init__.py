@@ -3,10 +3,11 @@
 from jaxrnn.cells import CELLS, GRU, LSTM, RNN_RELU, RNN_TANH, Cell, get_cell
 from jaxrnn.engine import Recurrent, register_fast_layer, run_direction
 from jaxrnn.packing import last_valid, pad_sequences, sequence_mask
+from jaxrnn import fast  # noqa: E402  registers the custom-VJP layers (impl="auto"/"fast")
 
 __all__ = [
     "CELLS", "GRU", "LSTM", "RNN_RELU", "RNN_TANH", "Cell", "get_cell",
     "Recurrent", "register_fast_layer", "run_direction",
-    "last_valid", "pad_sequences", "sequence_mask",
+    "last_valid", "pad_sequences", "sequence_mask", "fast",
 ]
 __version__ = "0.1.0"

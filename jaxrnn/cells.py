@@ -82,7 +82,8 @@ def gated_init(num_gates: int):
 def _linear(x, weight, bias):
     """x @ weight.T + bias over any leading dims of x; bias may be None."""
     y = x @ weight.T
-    return y if bias is None else y + bias
+    # Explicit broadcast: the tests run with jax_numpy_rank_promotion="raise".
+    return y if bias is None else y + bias.reshape((1,) * (y.ndim - 1) + bias.shape)
 
 
 def _split_gates(slab, num_gates):

@@ -1,0 +1,48 @@
+# jaxrnn: every target creates or refreshes the project's own virtual environment first.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+WORKDIR ?= runs/default
+PRESET ?= default
+TRAIN_FLAGS ?=
+
+.PHONY: train test test-slow bench parity data venv clean
+
+$(VENV)/.installed-runtime: pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e .
+	touch $@
+
+$(VENV)/.installed-dev: pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[torch,dev,bench]'
+	touch $@ $(VENV)/.installed-runtime
+
+venv: $(VENV)/.installed-runtime
+
+data: $(VENV)/.installed-runtime
+	$(PY) scripts/prepare_data.py
+
+# The main job: fetch tiny-shakespeare, train the default model (~10 CPU minutes), print a sample.
+train: data
+	$(PY) scripts/train.py --data data/tinyshakespeare.txt --workdir $(WORKDIR) \
+		--preset $(PRESET) $(TRAIN_FLAGS)
+
+# The tests (about 5 minutes on 2 CPU cores).
+test: $(VENV)/.installed-dev
+	$(PY) -m pytest -q
+
+# The slow tests too: full parity matrices, long kill/resume runs, full-corpus checks.
+test-slow: $(VENV)/.installed-dev
+	$(PY) -m pytest -q -m "slow or not slow"
+
+bench: $(VENV)/.installed-dev
+	$(PY) scripts/bench.py
+
+parity: $(VENV)/.installed-dev
+	$(PY) scripts/parity.py
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

@@ -1,0 +1,275 @@
+"""The custom-VJP layers of `jaxrnn.fast` against two references.
+
+1. `jaxrnn.engine.run_direction` (the plain scan, differentiated by JAX) for every built-in
+   cell, forward and reverse, with and without bias: outputs, final carry, and the gradients
+   of a loss over outputs *and* final carry with respect to xs, carry0 and every parameter.
+2. `torch.nn.LSTM / GRU / RNN` (an independent implementation, torch.autograd gradients)
+   through `Recurrent(impl="fast")`, two layers, bidirectional, with random initial states.
+
+Both in float64 to 1e-10; then float32 loosely, and the compositions training uses
+(jit of grad, vmap, grad of the final carry alone, recompilation-free reuse).
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import torch
+
+from jaxrnn import Recurrent, cells, fast, run_direction
+
+MODES = ("lstm", "gru", "rnn_tanh", "rnn_relu")
+STEPS, BATCH, INPUT_SIZE, HIDDEN_SIZE = 7, 3, 5, 4
+TOLERANCE_64 = 1e-10
+
+
+def _max_abs_diff(a, b) -> float:
+    leaves_a, leaves_b = jax.tree.leaves(a), jax.tree.leaves(b)
+    assert len(leaves_a) == len(leaves_b)
+    for x, y in zip(leaves_a, leaves_b):
+        assert x.shape == y.shape, (x.shape, y.shape)
+    return max(float(np.max(np.abs(np.asarray(x) - np.asarray(y))))
+               for x, y in zip(leaves_a, leaves_b))
+
+
+def _problem(mode, bias, dtype, seed=0):
+    """Random params, inputs, initial carry and loss weights for one direction."""
+    cell = cells.get_cell(mode)
+    keys = jax.random.split(jax.random.key(seed), 6)
+    params = cell.init(keys[0], INPUT_SIZE, HIDDEN_SIZE, bias, dtype)
+    xs = jax.random.normal(keys[1], (STEPS, BATCH, INPUT_SIZE), dtype)
+    h0 = jax.random.normal(keys[2], (BATCH, HIDDEN_SIZE), dtype)
+    c0 = jax.random.normal(keys[3], (BATCH, HIDDEN_SIZE), dtype)
+    carry0 = (h0, c0) if mode == "lstm" else h0
+    out_weight = jax.random.normal(keys[4], (STEPS, BATCH, HIDDEN_SIZE), dtype)
+    return params, xs, carry0, out_weight
+
+
+def _loss(layer, out_weight):
+    """A loss that reaches every output and every final-carry leaf with distinct weights."""
+
+    def loss(params, xs, carry0):
+        ys, carry_t = layer(params, xs, carry0)
+        value = jnp.sum(out_weight * ys * ys)
+        for k, leaf in enumerate(jax.tree.leaves(carry_t)):
+            value = value + jnp.sum(jnp.sin(leaf * (k + 1.5)))
+        return value
+
+    return loss
+
+
+def _reference(mode, reverse):
+    return lambda p, xs, c: run_direction(cells.get_cell(mode), p, xs, c, reverse=reverse)
+
+
+def _fast(mode, reverse, unroll=1):
+    return lambda p, xs, c: fast.LAYERS[mode](p, xs, c, reverse, unroll=unroll)
+
+
+# ---------------------------------------------------------------- 1. against run_direction
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("reverse", [False, True])
+@pytest.mark.parametrize("bias", [True, False])
+def test_matches_run_direction_float64(x64, mode, reverse, bias):
+    params, xs, carry0, out_weight = _problem(mode, bias, jnp.float64)
+    want = _reference(mode, reverse)(params, xs, carry0)
+    got = _fast(mode, reverse)(params, xs, carry0)
+    assert got[0].dtype == jnp.float64
+    assert _max_abs_diff(want, got) < TOLERANCE_64
+
+    argnums = (0, 1, 2)
+    want_grads = jax.grad(_loss(_reference(mode, reverse), out_weight), argnums)(
+        params, xs, carry0)
+    got_grads = jax.jit(jax.grad(_loss(_fast(mode, reverse), out_weight), argnums))(
+        params, xs, carry0)
+    assert set(got_grads[0]) == set(params)  # a gradient for every parameter, bias or not
+    assert _max_abs_diff(want_grads, got_grads) < TOLERANCE_64
+
+
+@pytest.mark.parametrize("mode", ["lstm", "gru"])
+def test_unroll_does_not_change_results(x64, mode):
+    params, xs, carry0, out_weight = _problem(mode, True, jnp.float64, seed=1)
+    grad = lambda layer: jax.grad(_loss(layer, out_weight), (0, 1, 2))(params, xs, carry0)
+    assert _max_abs_diff(grad(_fast(mode, True)), grad(_fast(mode, True, unroll=3))) < 1e-12
+
+
+@pytest.mark.parametrize("mode", ["lstm", "gru"])
+def test_gradient_of_final_carry_alone(x64, mode):
+    """Outputs unused: their cotangent is zero; only the final state carries gradient."""
+    params, xs, carry0, _ = _problem(mode, True, jnp.float64, seed=2)
+
+    def loss(layer):
+        return lambda p, x, c: sum(jnp.sum(leaf ** 3) for leaf in jax.tree.leaves(layer(p, x, c)[1]))
+
+    want = jax.grad(loss(_reference(mode, False)), (0, 1, 2))(params, xs, carry0)
+    got = jax.grad(loss(_fast(mode, False)), (0, 1, 2))(params, xs, carry0)
+    assert _max_abs_diff(want, got) < TOLERANCE_64
+
+
+# ---------------------------------------------------------------- 2. against PyTorch
+
+
+def _torch_module(mode, bias, num_layers, bidirectional):
+    kwargs = dict(num_layers=num_layers, bias=bias, bidirectional=bidirectional)
+    if mode == "lstm":
+        module = torch.nn.LSTM(INPUT_SIZE, HIDDEN_SIZE, **kwargs)
+    elif mode == "gru":
+        module = torch.nn.GRU(INPUT_SIZE, HIDDEN_SIZE, **kwargs)
+    else:
+        module = torch.nn.RNN(INPUT_SIZE, HIDDEN_SIZE, nonlinearity=mode[4:], **kwargs)
+    return module.double()
+
+
+def _params_from_torch(module, num_layers, num_directions):
+    """PyTorch state_dict -> jaxrnn params (same layout: a rename)."""
+    params = []
+    for layer in range(num_layers):
+        directions = []
+        for d in range(num_directions):
+            suffix = f"_l{layer}" + ("_reverse" if d == 1 else "")
+            directions.append({name: jnp.asarray(p.detach().numpy())
+                               for name, p in module.named_parameters()
+                               if name.endswith(suffix) and name[:-len(suffix)].count("_") == 1
+                               for name in [name[:-len(suffix)]]})
+        params.append(directions)
+    return params
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("bias", [True, False])
+def test_matches_torch_two_layer_bidirectional_float64(x64, mode, bias):
+    num_layers, num_directions = 2, 2
+    torch.manual_seed(0)
+    module = _torch_module(mode, bias, num_layers, True)
+    rnn = Recurrent(mode, INPUT_SIZE, HIDDEN_SIZE, num_layers, bias=bias, bidirectional=True,
+                    impl="fast")
+    params = _params_from_torch(module, num_layers, num_directions)
+    rnn.check_params(params)
+
+    rng = np.random.default_rng(0)
+    state_shape = (num_layers * num_directions, BATCH, HIDDEN_SIZE)
+    x = rng.standard_normal((STEPS, BATCH, INPUT_SIZE))
+    h0 = rng.standard_normal(state_shape)
+    c0 = rng.standard_normal(state_shape)
+    out_weight = rng.standard_normal((STEPS, BATCH, num_directions * HIDDEN_SIZE))
+    state_weight = rng.standard_normal(state_shape)
+
+    # PyTorch: outputs, final states and torch.autograd gradients.
+    tx = torch.tensor(x, requires_grad=True)
+    th0 = torch.tensor(h0, requires_grad=True)
+    tc0 = torch.tensor(c0, requires_grad=True)
+    t_out, t_state = module(tx, (th0, tc0) if mode == "lstm" else th0)
+    t_states = t_state if mode == "lstm" else (t_state,)
+    t_loss = (torch.sum(torch.tensor(out_weight) * t_out * t_out)
+              + sum(torch.sum(torch.tensor(state_weight) * (k + 1) * torch.tanh(s))
+                    for k, s in enumerate(t_states)))
+    t_loss.backward()
+
+    def loss(params, x, hx):
+        out, state = rnn.apply(params, x, hx)
+        states = state if mode == "lstm" else (state,)
+        value = jnp.sum(out_weight * out * out)
+        for k, s in enumerate(states):
+            value = value + jnp.sum(state_weight * (k + 1) * jnp.tanh(s))
+        return value, (out, states)
+
+    hx = (jnp.asarray(h0), jnp.asarray(c0)) if mode == "lstm" else jnp.asarray(h0)
+    (value, (out, states)), grads = jax.jit(jax.value_and_grad(loss, (0, 1, 2), has_aux=True))(
+        params, jnp.asarray(x), hx)
+
+    assert abs(float(value) - t_loss.item()) < TOLERANCE_64
+    assert _max_abs_diff(out, t_out.detach().numpy()) < TOLERANCE_64
+    assert _max_abs_diff(states, tuple(s.detach().numpy() for s in t_states)) < TOLERANCE_64
+    d_params, d_x, d_hx = grads
+    assert _max_abs_diff(d_x, tx.grad.numpy()) < TOLERANCE_64
+    t_dhx = (th0.grad.numpy(), tc0.grad.numpy()) if mode == "lstm" else th0.grad.numpy()
+    assert _max_abs_diff(d_hx, t_dhx) < TOLERANCE_64
+    t_grads = {name: p.grad.numpy() for name, p in module.named_parameters()}
+    for layer in range(num_layers):
+        for d in range(num_directions):
+            suffix = f"_l{layer}" + ("_reverse" if d == 1 else "")
+            for name, value in d_params[layer][d].items():
+                diff = _max_abs_diff(value, t_grads[name + suffix])
+                assert diff < TOLERANCE_64, (name + suffix, diff)
+
+
+# ---------------------------------------------------------------- 3. how training uses it
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_auto_uses_fast_layer_without_lengths(mode):
+    rnn = Recurrent(mode, INPUT_SIZE, HIDDEN_SIZE, impl="auto")
+    params = rnn.init(jax.random.key(0))
+    x = jnp.ones((STEPS, BATCH, INPUT_SIZE))
+    assert "custom_vjp_call" in str(jax.make_jaxpr(rnn.apply)(params, x))
+    with_lengths = jax.make_jaxpr(lambda p, x: rnn.apply(p, x, lengths=jnp.full((BATCH,), 3)))
+    assert "custom_vjp_call" not in str(with_lengths(params, x))
+
+
+@pytest.mark.parametrize("mode", ["lstm", "gru"])
+def test_float32_close_to_reference(mode):
+    params, xs, carry0, out_weight = _problem(mode, True, jnp.float32, seed=3)
+    for reverse in (False, True):
+        want = jax.value_and_grad(_loss(_reference(mode, reverse), out_weight), (0, 1, 2))(
+            params, xs, carry0)
+        got = jax.jit(jax.value_and_grad(_loss(_fast(mode, reverse), out_weight), (0, 1, 2)))(
+            params, xs, carry0)
+        assert jax.tree.leaves(got)[0].dtype == jnp.float32
+        for w, g in zip(jax.tree.leaves(want), jax.tree.leaves(got)):
+            scale = max(1.0, float(jnp.max(jnp.abs(w))))
+            assert float(jnp.max(jnp.abs(w - g))) < 1e-5 * scale
+
+
+@pytest.mark.parametrize("mode", ["lstm", "gru"])
+def test_vmap_over_sequences_and_params(x64, mode):
+    """vmap of the layer (e.g. an ensemble or per-example gradients) and grad through vmap."""
+    ensemble = 2
+    problems = [_problem(mode, True, jnp.float64, seed=10 + k) for k in range(ensemble)]
+    stacked = jax.tree.map(lambda *a: jnp.stack(a), *problems)
+    params, xs, carry0, out_weight = stacked
+
+    def total(layer):
+        def loss(params, xs, carry0):
+            per_member = jax.vmap(
+                lambda p, x, c, w: _loss(layer, w)(p, x, c))(params, xs, carry0, out_weight)
+            return jnp.sum(per_member)
+        return jax.jit(jax.grad(loss, (0, 1, 2)))
+
+    want = total(_reference(mode, True))(params, xs, carry0)
+    got = total(_fast(mode, True))(params, xs, carry0)
+    assert _max_abs_diff(want, got) < TOLERANCE_64
+
+
+def test_training_step_compiles_once_and_matches_reference():
+    """A jitted SGD step through Recurrent(impl="auto") vs impl="reference", 2 steps."""
+    rnn = {impl: Recurrent("lstm", INPUT_SIZE, HIDDEN_SIZE, num_layers=2, impl=impl)
+           for impl in ("auto", "reference")}
+    params0 = rnn["auto"].init(jax.random.key(0))
+    x = jax.random.normal(jax.random.key(1), (STEPS, BATCH, INPUT_SIZE))
+    target = jax.random.normal(jax.random.key(2), (STEPS, BATCH, HIDDEN_SIZE))
+    traces = []
+
+    def make_step(net):
+        def step(params):
+            traces.append(net.impl)
+
+            def loss(p):
+                out, (h_n, c_n) = net.apply(p, x)
+                return jnp.mean((out - target) ** 2) + jnp.mean(c_n ** 2)
+
+            value, grads = jax.value_and_grad(loss)(params)
+            return jax.tree.map(lambda p, g: p - 0.1 * g, params, grads), value
+        return jax.jit(step)
+
+    results = {}
+    for impl, net in rnn.items():
+        step, params = make_step(net), params0
+        for _ in range(2):
+            params, value = step(params)
+        results[impl] = (params, value)
+    assert traces == ["auto", "reference"]  # each step traced (compiled) once
+    assert _max_abs_diff(results["auto"], results["reference"]) < 1e-5

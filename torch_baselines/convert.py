@@ -1,0 +1,189 @@
+"""Converting between torch.nn.RNN / LSTM / GRU and `jaxrnn.Recurrent`.
+
+jaxrnn keeps PyTorch's parameter layout and gate order, so conversion is a rename plus a check
+of every key and shape. A PyTorch state_dict is flat; jaxrnn's params is a list over layers of
+lists over directions of dicts:
+
+  PyTorch state_dict key          jaxrnn params                 shape
+  weight_ih_l{k}                  params[k][0]["weight_ih"]     [G*H, I_k]
+  weight_hh_l{k}                  params[k][0]["weight_hh"]     [G*H, H]
+  bias_ih_l{k}                    params[k][0]["bias_ih"]       [G*H]      (bias=True only)
+  bias_hh_l{k}                    params[k][0]["bias_hh"]       [G*H]      (bias=True only)
+  weight_ih_l{k}_reverse, ...     params[k][1][...]             (bidirectional only)
+
+with G = 1 (RNN), 4 (LSTM, gates i, f, g, o) or 3 (GRU, gates r, z, n), I_0 = input_size and
+I_k = D * H for k > 0 (D = 2 if bidirectional). `nn.RNN(nonlinearity="tanh" | "relu")` maps to
+mode "rnn_tanh" | "rnn_relu". `nn.LSTM(proj_size > 0)` has no jaxrnn counterpart and is refused.
+
+Dtypes are kept: a float64 module gives float64 jax arrays (this needs `jax_enable_x64`; without
+it, pass `dtype=jnp.float32` to convert explicitly instead of truncating silently).
+
+  >>> rnn, params = from_torch(torch.nn.LSTM(3, 5, num_layers=2, bidirectional=True))
+  >>> module = to_torch(rnn, params)            # an equal nn.LSTM
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import torch
+
+from jaxrnn.cells import NUM_GATES
+from jaxrnn.engine import Recurrent
+
+_TORCH_CLASSES = {"rnn_tanh": torch.nn.RNN, "rnn_relu": torch.nn.RNN, "lstm": torch.nn.LSTM,
+                  "gru": torch.nn.GRU}
+_PARAM_NAMES = ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
+
+
+def torch_key(name: str, layer: int, direction: int) -> str:
+    """jaxrnn's (name, layer, direction) -> PyTorch's state_dict key, e.g. weight_hh_l1_reverse."""
+    return f"{name}_l{layer}{'_reverse' if direction == 1 else ''}"
+
+
+def expected_shapes(rnn: Recurrent) -> dict[str, tuple[int, ...]]:
+    """PyTorch state_dict key -> shape, for a `Recurrent` with a built-in mode."""
+    if not isinstance(rnn.mode, str) or rnn.mode not in NUM_GATES:
+        raise ValueError(f"only the built-in modes {sorted(NUM_GATES)} have a PyTorch "
+                         f"counterpart, got mode {rnn.mode!r}")
+    gates_hidden = NUM_GATES[rnn.mode] * rnn.hidden_size
+    shapes = {}
+    for layer in range(rnn.num_layers):
+        for direction in range(rnn.num_directions):
+            per_name = {"weight_ih": (gates_hidden, rnn.layer_input_size(layer)),
+                        "weight_hh": (gates_hidden, rnn.hidden_size)}
+            if rnn.bias:
+                per_name.update(bias_ih=(gates_hidden,), bias_hh=(gates_hidden,))
+            for name, shape in per_name.items():
+                shapes[torch_key(name, layer, direction)] = shape
+    return shapes
+
+
+def _check_keys_and_shapes(want: dict, got: dict, what: str) -> None:
+    missing = sorted(set(want) - set(got))
+    unexpected = sorted(set(got) - set(want))
+    if missing or unexpected:
+        raise ValueError(f"{what}: missing keys {missing}, unexpected keys {unexpected} "
+                         f"(expected exactly {sorted(want)})")
+    for key, shape in want.items():
+        got_shape = tuple(got[key].shape)
+        if got_shape != tuple(shape):
+            raise ValueError(f"{what}: {key!r} must have shape {tuple(shape)}, got {got_shape}")
+
+
+def _to_numpy(value) -> np.ndarray:
+    if isinstance(value, torch.Tensor):
+        value = value.detach().cpu()
+        if value.dtype == torch.bfloat16:  # numpy has no bfloat16; float32 holds it exactly
+            value = value.float()
+        return value.numpy()
+    return np.asarray(value)
+
+
+def _jax_dtype(numpy_dtype, dtype):
+    """The dtype the jax arrays get: `dtype` if given, else the source dtype (checked vs x64)."""
+    if dtype is not None:
+        return jnp.dtype(dtype)
+    if np.dtype(numpy_dtype).itemsize == 8 and not jax.config.jax_enable_x64:
+        raise ValueError(f"the weights are {np.dtype(numpy_dtype)} but jax_enable_x64 is off; "
+                         f"enable x64 to keep them, or pass dtype=jnp.float32 to convert")
+    return jnp.dtype(numpy_dtype)
+
+
+def params_from_state_dict(rnn: Recurrent, state_dict, dtype=None):
+    """PyTorch-named arrays (torch tensors or numpy) -> jaxrnn params, checking every key/shape.
+
+    Args:
+      rnn: the `Recurrent` the params are for (built-in mode).
+      state_dict: mapping from PyTorch keys (`weight_ih_l0`, ...) to arrays.
+      dtype: the jax dtype to convert to; default keeps each array's dtype.
+
+    Returns:
+      params: list over layers of lists over directions of dicts, `rnn.init`'s layout.
+    """
+    arrays = {key: _to_numpy(value) for key, value in state_dict.items()}
+    _check_keys_and_shapes(expected_shapes(rnn), arrays, "state_dict")
+    params = []
+    for layer in range(rnn.num_layers):
+        directions = []
+        for direction in range(rnn.num_directions):
+            entry = {}
+            for name in _PARAM_NAMES:
+                key = torch_key(name, layer, direction)
+                if key in arrays:
+                    entry[name] = jnp.asarray(arrays[key],
+                                              _jax_dtype(arrays[key].dtype, dtype))
+            directions.append(entry)
+        params.append(directions)
+    return params
+
+
+def params_to_state_dict(rnn: Recurrent, params) -> dict[str, np.ndarray]:
+    """jaxrnn params -> {PyTorch key: numpy array}, checking every key and shape.
+
+    The result is flat and named, ready for `np.savez` or `torch.from_numpy`.
+    """
+    want = expected_shapes(rnn)
+    if not isinstance(params, (list, tuple)) or len(params) != rnn.num_layers:
+        got = len(params) if isinstance(params, (list, tuple)) else type(params).__name__
+        raise ValueError(f"params must be a list of {rnn.num_layers} layers, got {got}")
+    flat = {}
+    for layer, directions in enumerate(params):
+        if not isinstance(directions, (list, tuple)) or len(directions) != rnn.num_directions:
+            raise ValueError(f"params[{layer}] must be a list of {rnn.num_directions} "
+                             f"direction dicts")
+        for direction, entry in enumerate(directions):
+            if not isinstance(entry, dict):
+                raise ValueError(f"params[{layer}][{direction}] must be a dict, "
+                                 f"got {type(entry).__name__}")
+            for name, value in entry.items():
+                flat[torch_key(name, layer, direction)] = np.asarray(value)
+    _check_keys_and_shapes(want, flat, "params (as PyTorch keys)")
+    return flat
+
+
+def from_torch(module: torch.nn.Module, dtype=None):
+    """nn.RNN / nn.LSTM / nn.GRU -> (Recurrent, params) with the same configuration and weights.
+
+    Args:
+      module: the PyTorch module; `nn.LSTM(proj_size > 0)` is refused.
+      dtype: the jax dtype of params; default keeps the module's dtype (float64 needs x64).
+
+    Returns:
+      (rnn, params): `rnn.apply(params, x, hx, lengths)` equals the module on the same inputs.
+    """
+    if not isinstance(module, torch.nn.RNNBase) or module.mode not in (
+            "RNN_TANH", "RNN_RELU", "LSTM", "GRU"):
+        raise ValueError(f"from_torch needs an nn.RNN, nn.LSTM or nn.GRU, "
+                         f"got {type(module).__name__}")
+    if getattr(module, "proj_size", 0) > 0:
+        raise ValueError(f"nn.LSTM with proj_size={module.proj_size} (a projected LSTM) has no "
+                         f"jaxrnn counterpart; only proj_size=0 converts")
+    rnn = Recurrent(mode=module.mode.lower(), input_size=module.input_size,
+                    hidden_size=module.hidden_size, num_layers=module.num_layers,
+                    bias=module.bias, batch_first=module.batch_first,
+                    dropout=float(module.dropout), bidirectional=module.bidirectional)
+    return rnn, params_from_state_dict(rnn, module.state_dict(), dtype)
+
+
+def to_torch(rnn: Recurrent, params) -> torch.nn.Module:
+    """(Recurrent, params) -> an nn.RNN / nn.LSTM / nn.GRU with the same configuration and weights.
+
+    The module's dtype is the params' dtype (float32 or float64); it is in training mode, as a
+    freshly built module is (dropout acts only in training mode).
+    """
+    flat = params_to_state_dict(rnn, params)
+    dtypes = {a.dtype for a in flat.values()}
+    if len(dtypes) != 1:
+        raise ValueError(f"params must all have one dtype, got {sorted(map(str, dtypes))}")
+    kwargs = dict(input_size=rnn.input_size, hidden_size=rnn.hidden_size,
+                  num_layers=rnn.num_layers, bias=rnn.bias, batch_first=rnn.batch_first,
+                  dropout=rnn.dropout, bidirectional=rnn.bidirectional)
+    if rnn.mode in ("rnn_tanh", "rnn_relu"):
+        kwargs["nonlinearity"] = rnn.mode[len("rnn_"):]
+    module = _TORCH_CLASSES[rnn.mode](**kwargs)
+    module = module.to(torch.from_numpy(np.zeros((), dtypes.pop())).dtype)
+    module.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in flat.items()},
+                           strict=True)
+    return module
