@@ -193,7 +193,14 @@ def config_from_args(args: argparse.Namespace) -> Config:
     return preset(args.preset, **overrides)
 
 
-def config_diff(old: Config, new: Config, ignore=RUN_CONTROL_FIELDS) -> dict:
-    """{field: (old, new)} for the fields that differ, except `ignore`."""
+def config_diff(old: Config, new: Config) -> dict:
+    """{field: (old, new)} for the fields that differ and would change what a run computes.
+
+    Run-control fields may differ, except `steps` under the cosine schedule, whose shape
+    depends on the total number of steps.
+    """
     a, b = dataclasses.asdict(old), dataclasses.asdict(new)
+    ignore = RUN_CONTROL_FIELDS
+    if a["schedule"] == "cosine" or b["schedule"] == "cosine":
+        ignore = ignore - {"steps"}
     return {k: (a[k], b[k]) for k in a if a[k] != b[k] and k not in ignore}

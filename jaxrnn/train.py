@@ -50,10 +50,18 @@ def lr_schedule(config: Config, windows_per_epoch: int):
     if config.schedule == "constant":
         return optax.constant_schedule(lr)
     if config.schedule == "cosine":
-        total = max(config.steps, config.warmup_steps + 1)
-        return optax.warmup_cosine_decay_schedule(
-            0.0 if config.warmup_steps else lr, lr, config.warmup_steps, total,
-            end_value=lr * config.min_lr_frac)
+        # nanoGPT's: linear warm-up to lr over warmup_steps (step 0 already trains, at
+        # lr / warmup_steps), then a cosine down to lr * min_lr_frac at config.steps.
+        warmup, total = config.warmup_steps, max(config.steps, config.warmup_steps + 1)
+        floor = lr * config.min_lr_frac
+
+        def cosine(step):
+            step = jnp.asarray(step, jnp.float32)
+            progress = jnp.clip((step - warmup) / max(total - warmup, 1), 0.0, 1.0)
+            decayed = floor + 0.5 * (lr - floor) * (1.0 + jnp.cos(jnp.pi * progress))
+            return jnp.where(step < warmup, lr * (step + 1) / max(warmup, 1), decayed)
+
+        return cosine
 
     def char_rnn(step):  # multiply by lr_decay at the end of every epoch >= lr_decay_after
         epoch = step // windows_per_epoch
@@ -150,7 +158,7 @@ class Trainer:
         updates, new_opt_state = self.optimizer.update(grads, state.opt_state, state.params)
         new_params = optax.apply_updates(state.params, updates)
 
-        grad_norm = optax.global_norm(grads)
+        grad_norm = optax.tree.norm(grads)
         finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
         running = state.halted_at < 0
         apply = finite & running
@@ -174,7 +182,7 @@ class Trainer:
             halted_at=halted_at,
         )
         metrics = {"loss": loss, "grad_norm": grad_norm,
-                   "param_norm": optax.global_norm(new_state.params),
+                   "param_norm": optax.tree.norm(new_state.params),
                    "lr": jnp.asarray(self.schedule(state.step), jnp.float32)}
         return new_state, metrics
 

@@ -61,33 +61,31 @@ def _record(dtype: str, name: str, diff: float) -> None:
 # ------------------------------------------------------------------------- the design
 
 
-def _pairs(case: dict) -> set:
-    items = sorted(case.items())
-    return {(a, b) for a, b in itertools.combinations(items, 2)}
+LEVELS = {"mode": MODES, "num_layers": LAYERS, "lengths": LENGTH_KINDS,
+          **{flag: (False, True) for flag in FLAGS}}
 
 
-def _all_pairs() -> set:
-    levels = {"mode": MODES, "num_layers": LAYERS, "lengths": LENGTH_KINDS}
-    levels.update({flag: (False, True) for flag in FLAGS})
-    names = sorted(levels)
-    return {((a, va), (b, vb)) for a, b in itertools.combinations(names, 2)
-            for va in levels[a] for vb in levels[b]}
+def _combinations(case: dict, size: int) -> set:
+    """The `size`-way (factor, value) combinations one case covers."""
+    return set(itertools.combinations(sorted(case.items()), size))
 
 
 def pairwise_design() -> list[dict]:
-    """Every mode x layers x lengths kind, binary flags chosen greedily to cover every pair."""
-    rows, covered = [], set()
+    """Every mode x layers x lengths kind; binary flags chosen greedily to cover every pair.
+
+    For each row, the flags maximise the number of value pairs not yet covered, then the
+    number of value triples not yet covered (so flags keep rotating once all pairs are in).
+    """
+    rows, pairs, triples = [], set(), set()
     for mode, num_layers, lengths in itertools.product(MODES, LAYERS, LENGTH_KINDS):
-        base = {"mode": mode, "num_layers": num_layers, "lengths": lengths}
-        candidates = [{**base, **dict(zip(FLAGS, bits))}
+        candidates = [{"mode": mode, "num_layers": num_layers, "lengths": lengths,
+                       **dict(zip(FLAGS, bits))}
                       for bits in itertools.product((False, True), repeat=len(FLAGS))]
-        # Most new pairs first; ties go to the candidate furthest from the previous row, so
-        # flags keep rotating once everything is covered.
-        previous = rows[-1] if rows else base
-        row = max(candidates, key=lambda c: (len(_pairs(c) - covered),
-                                             sum(c[f] != previous.get(f) for f in FLAGS)))
+        row = max(candidates, key=lambda c: (len(_combinations(c, 2) - pairs),
+                                             len(_combinations(c, 3) - triples)))
         rows.append(row)
-        covered |= _pairs(row)
+        pairs |= _combinations(row, 2)
+        triples |= _combinations(row, 3)
     return rows
 
 
@@ -107,11 +105,14 @@ FLOAT32_DESIGN = DESIGN[::3]  # 16 cases: every mode x lengths kind, layers rota
 
 
 def test_design_covers_every_pair():
-    assert _all_pairs() <= set().union(*map(_pairs, DESIGN))
+    every_pair = set().union(*(_combinations(dict(zip(LEVELS, values)), 2)
+                               for values in itertools.product(*LEVELS.values())))
+    assert every_pair <= set().union(*(_combinations(case, 2) for case in DESIGN))
     assert {(c["mode"], c["num_layers"], c["lengths"]) for c in DESIGN} == set(
         itertools.product(MODES, LAYERS, LENGTH_KINDS))
     assert {(c["mode"], c["lengths"]) for c in FLOAT32_DESIGN} == set(
         itertools.product(MODES, LENGTH_KINDS))
+    assert len(full_product()) == 768
 
 
 # ------------------------------------------------------------------------- one comparison
@@ -275,12 +276,28 @@ def test_tutorial_part4(dtype, request):
 # ------------------------------------------------------------------------- engine vs a Python loop
 
 
+def _random_params(rnn: Recurrent, seed: int = 0, dtype=jnp.float32):
+    """Params of `rnn.init`'s structure drawn with numpy (eager jax.random compiles per shape)."""
+    shapes = jax.eval_shape(lambda: rnn.init(jax.random.key(0), dtype))
+    rng = np.random.default_rng(seed)
+    bound = 1.0 / np.sqrt(rnn.hidden_size)
+    return jax.tree.map(
+        lambda s: jnp.asarray(rng.uniform(-bound, bound, s.shape).astype(s.dtype)), shapes)
+
+
+def _normal(seed, shape, dtype=np.float32):
+    return jnp.asarray(np.random.default_rng(seed).standard_normal(shape).astype(dtype))
+
+
 def _python_loop(cell, params, xs, lengths, hx, num_layers, bidirectional):
     """The network stepped one example and one step at a time (no scan, no vmap, no masks)."""
+    step = jax.jit(cell.step)  # compiled once per layer shape; the loop itself is Python
     steps, batch = xs.shape[:2]
     num_directions = 2 if bidirectional else 1
-    outputs = np.zeros((steps, batch, num_directions * params[0][0]["weight_hh"].shape[1]))
-    finals = [[None] * batch for _ in range(num_layers * num_directions)]
+    hidden_size = params[0][0]["weight_hh"].shape[1]
+    outputs = np.zeros((steps, batch, num_directions * hidden_size))
+    finals = np.zeros((len(jax.tree.leaves(hx)), num_layers * num_directions, batch,
+                       hidden_size))
     for b in range(batch):
         layer_input = [xs[t, b] for t in range(lengths[b])]
         for layer in range(num_layers):
@@ -289,20 +306,17 @@ def _python_loop(cell, params, xs, lengths, hx, num_layers, bidirectional):
                 index = layer * num_directions + d
                 carry = jax.tree.map(lambda a: a[index, b], hx)
                 order = range(lengths[b]) if d == 0 else reversed(range(lengths[b]))
-                ys = [None] * lengths[b]
-                carries = []
+                ys, carries = [None] * lengths[b], []
                 for t in order:
-                    carry, ys[t] = cell.step(params[layer][d], carry, layer_input[t])
+                    carry, ys[t] = step(params[layer][d], carry, layer_input[t])
                     carries.append(carry)
-                finals[index][b] = carries[-1]  # the carry at the sequence's own last step
+                # The final carry is the carry at the sequence's own last step.
+                finals[:, index, b] = np.stack(jax.tree.leaves(carries[-1]))
                 per_direction.append(ys)
-            layer_input = [jnp.concatenate([ys[t] for ys in per_direction])
+            layer_input = [np.concatenate([ys[t] for ys in per_direction])
                            for t in range(lengths[b])]
-        for t in range(lengths[b]):
-            outputs[t, b] = layer_input[t]
-    h_n = jax.tree.map(lambda *leaves: jnp.stack(leaves),
-                       *[jax.tree.map(lambda *bs: jnp.stack(bs), *row) for row in finals])
-    return outputs, h_n
+        outputs[: lengths[b], b] = np.stack(layer_input)
+    return outputs, list(finals)
 
 
 @pytest.mark.parametrize("mode,num_layers,bidirectional", [
@@ -310,17 +324,16 @@ def _python_loop(cell, params, xs, lengths, hx, num_layers, bidirectional):
 def test_engine_matches_python_loop(mode, num_layers, bidirectional, x64):
     rnn = Recurrent(mode, input_size=3, hidden_size=5, num_layers=num_layers,
                     bidirectional=bidirectional)
-    key_params, key_x, key_h = jax.random.split(jax.random.key(1), 3)
-    params = rnn.init(key_params, jnp.float64)
-    xs = jax.random.normal(key_x, (7, 4, 3), jnp.float64)
+    params = _random_params(rnn, 1, jnp.float64)
+    xs = _normal(2, (7, 4, 3), np.float64)
     lengths = np.array([5, 7, 1, 3])
-    hx = jax.tree.map(lambda a: jax.random.normal(key_h, a.shape, a.dtype),
-                      rnn.zero_state(4, jnp.float64))
-    output, h_n = rnn.apply(params, xs, hx, lengths)
-    want_output, want_h_n = _python_loop(rnn.cell, params, xs, lengths, hx, num_layers,
+    hx = jax.tree.map(lambda a: _normal(3, a.shape, np.float64), rnn.zero_state(4, jnp.float64))
+    output, h_n = jax.jit(rnn.apply)(params, xs, hx, lengths)
+    want_output, want_h_n = _python_loop(rnn.cell, params, np.asarray(xs), lengths,
+                                         jax.tree.map(np.asarray, hx), num_layers,
                                          bidirectional)
     np.testing.assert_allclose(output, want_output, rtol=0, atol=1e-12)
-    for got, want in zip(jax.tree.leaves(h_n), jax.tree.leaves(want_h_n)):
+    for got, want in zip(jax.tree.leaves(h_n), want_h_n):
         np.testing.assert_allclose(got, want, rtol=0, atol=1e-12)
 
 
@@ -335,7 +348,7 @@ def _identity_probe(rate, hidden_size=32):
     """
     rnn = Recurrent("rnn_relu", input_size=3, hidden_size=hidden_size, num_layers=2,
                     dropout=rate, bias=False)
-    params = rnn.init(jax.random.key(0))
+    params = _random_params(rnn)
     params[1][0] = {"weight_ih": jnp.eye(hidden_size),
                     "weight_hh": jnp.zeros((hidden_size, hidden_size))}
     return rnn, params
@@ -344,12 +357,13 @@ def _identity_probe(rate, hidden_size=32):
 def test_dropout_mask_statistics_and_scale():
     rate = 0.3
     rnn, params = _identity_probe(rate)
-    x = jax.random.normal(jax.random.key(1), (8, 16, 3))
-    first_layer, _ = Recurrent("rnn_relu", 3, 32, bias=False).apply([params[0]], x)
-    evaluated, _ = rnn.apply(params, x)
+    x = _normal(1, (8, 16, 3))
+    apply = jax.jit(rnn.apply)
+    first_layer, _ = jax.jit(Recurrent("rnn_relu", 3, 32, bias=False).apply)([params[0]], x)
+    evaluated, _ = apply(params, x)
     np.testing.assert_allclose(evaluated, first_layer, rtol=1e-6, atol=1e-7)
 
-    dropped, _ = rnn.apply(params, x, key=jax.random.key(2))
+    dropped, _ = apply(params, x, key=jax.random.key(2))
     positive = np.asarray(first_layer) > 1e-3
     kept = np.asarray(dropped)[positive] != 0
     assert abs((1 - kept.mean()) - rate) < 0.04, f"dropped fraction {1 - kept.mean():.3f}"
@@ -357,40 +371,43 @@ def test_dropout_mask_statistics_and_scale():
     ratio = np.asarray(dropped)[positive][kept] / np.asarray(first_layer)[positive][kept]
     np.testing.assert_allclose(ratio, 1.0 / (1.0 - rate), rtol=1e-5)
 
-    again, _ = rnn.apply(params, x, key=jax.random.key(2))
-    other, _ = rnn.apply(params, x, key=jax.random.key(3))
+    again, _ = apply(params, x, key=jax.random.key(2))
+    other, _ = apply(params, x, key=jax.random.key(3))
     np.testing.assert_array_equal(again, dropped)
     assert not np.array_equal(other, dropped)
 
 
 def test_dropout_off_is_deterministic_and_equals_eval():
     rnn = Recurrent("lstm", 3, 4, num_layers=2, dropout=0.0)
-    params = rnn.init(jax.random.key(0))
-    x = jax.random.normal(jax.random.key(1), (5, 2, 3))
-    evaluated = rnn.apply(params, x)
+    params = _random_params(rnn)
+    x = _normal(1, (5, 2, 3))
+    apply = jax.jit(rnn.apply)
+    evaluated = apply(params, x)
     for seed in (0, 1):
-        trained = rnn.apply(params, x, key=jax.random.key(seed))
+        trained = apply(params, x, key=jax.random.key(seed))
         for a, b in zip(jax.tree.leaves(trained), jax.tree.leaves(evaluated)):
             np.testing.assert_array_equal(a, b)
     # dropout > 0 without a key is evaluation: the same as dropout = 0.
     with_rate = Recurrent("lstm", 3, 4, num_layers=2, dropout=0.5)
-    for a, b in zip(jax.tree.leaves(with_rate.apply(params, x)), jax.tree.leaves(evaluated)):
+    for a, b in zip(jax.tree.leaves(jax.jit(with_rate.apply)(params, x)),
+                    jax.tree.leaves(evaluated)):
         np.testing.assert_array_equal(a, b)
 
 
 def test_dropout_single_layer_changes_nothing():
     rnn = Recurrent("gru", 3, 4, num_layers=1, dropout=0.5, bidirectional=True)
-    params = rnn.init(jax.random.key(0))
-    x = jax.random.normal(jax.random.key(1), (5, 2, 3))
-    for a, b in zip(jax.tree.leaves(rnn.apply(params, x, key=jax.random.key(7))),
-                    jax.tree.leaves(rnn.apply(params, x))):
+    params = _random_params(rnn)
+    x = _normal(1, (5, 2, 3))
+    apply = jax.jit(rnn.apply)
+    for a, b in zip(jax.tree.leaves(apply(params, x, key=jax.random.key(7))),
+                    jax.tree.leaves(apply(params, x))):
         np.testing.assert_array_equal(a, b)
 
 
 def test_dropout_only_between_layers():
     """A 2-layer LSTM with dropout == layer 2 run on the dropped layer-1 output."""
-    rate, hidden_size = 0.4, 32
-    x = jax.random.normal(jax.random.key(1), (6, 5, 3))
+    rate, hidden_size = 0.4, 8
+    x = _normal(1, (6, 5, 3))
     lengths = jnp.array([6, 2, 4, 1, 5])
     key = jax.random.key(11)
     # The mask for this key and shape, read off the identity probe.
@@ -398,17 +415,17 @@ def test_dropout_only_between_layers():
     probe_params[0][0] = {"weight_ih": jnp.ones((hidden_size, 3)),
                           "weight_hh": jnp.zeros((hidden_size, hidden_size))}
     ones = jnp.ones((6, 5, 3))
-    mask = np.asarray(probe.apply(probe_params, ones, key=key)[0]) != 0  # relu(3) > 0 everywhere
+    mask = np.asarray(jax.jit(probe.apply)(probe_params, ones, key=key)[0]) != 0  # relu(3) > 0 everywhere
 
     rnn = Recurrent("lstm", 3, hidden_size, num_layers=2, dropout=rate)
-    params = rnn.init(jax.random.key(0))
-    output, (h_n, c_n) = rnn.apply(params, x, lengths=lengths, key=key)
+    params = _random_params(rnn)
+    output, (h_n, c_n) = jax.jit(rnn.apply)(params, x, lengths=lengths, key=key)
 
     layer1 = Recurrent("lstm", 3, hidden_size)
     layer2 = Recurrent("lstm", hidden_size, hidden_size)
-    y1, (h1, c1) = layer1.apply([params[0]], x, lengths=lengths)
+    y1, (h1, c1) = jax.jit(layer1.apply)([params[0]], x, lengths=lengths)
     dropped = jnp.where(mask, y1 / (1 - rate), 0.0)
-    y2, (h2, c2) = layer2.apply([params[1]], dropped, lengths=lengths)
+    y2, (h2, c2) = jax.jit(layer2.apply)([params[1]], dropped, lengths=lengths)
     np.testing.assert_allclose(output, y2, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(h_n, jnp.concatenate([h1, h2]), rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(c_n, jnp.concatenate([c1, c2]), rtol=1e-5, atol=1e-6)

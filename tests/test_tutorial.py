@@ -7,6 +7,8 @@ torch_baselines.tutorial and the JAX port train side by side from the same weigh
 batches. Part 1's autograd original (torch_baselines.autograd_tutorial) gives the same loss.
 """
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -104,7 +106,7 @@ def np_lstm_loss_and_grads(params, inputs, targets, eps=0.0, with_grads=True):
     return loss, grads
 
 
-def finite_difference_grads(loss_fn, params, step=2e-4):
+def finite_difference_grads(loss_fn, params, step):
     """Five-point central differences of loss_fn(params), every element of every parameter.
 
     f'(x) ~ (-f(x+2s) + 8 f(x+s) - 8 f(x-s) + f(x-2s)) / 12s has O(s^4) truncation error, so a
@@ -154,9 +156,19 @@ MODELS = {
 }
 # scale 0.01 is the tutorial's init; 0.5 puts the cells in their nonlinear range.
 CASES = [(m, s, f) for m in MODELS for s in (0.01, 0.5) for f in (False, True)]
-# The backward's formula does not depend on the scale; two cases per model keep the
-# finite-difference sweep (4 losses per parameter element) fast.
-FD_CASES = [(m, s, f) for m, s, f in CASES if (s == 0.01) == f]
+# The finite-difference sweep (4 losses per parameter element) checks the hand-written backward,
+# whose formula does not depend on the scale, in two cases per model. Not at the tutorial's
+# 0.01: there some LSTM gradients (W_f) have norm ~1e-6, below what differences of a loss of ~50
+# resolve in float64 (rounding ~1e-16 * 50 / step); the JAX-vs-NumPy test covers 0.01.
+FD_CASES = [("rnn", 0.1, True, 1e-3), ("rnn", 0.5, False, 1e-4),
+            ("lstm", 0.1, True, 1e-3), ("lstm", 0.5, False, 1e-4)]
+
+
+@functools.cache
+def value_and_grad(loss_fn):
+    """A jitted value_and_grad(loss_fn)(params, inputs, targets, faithful), one per loss: the
+    tests share its compilations (same shapes), which keeps the file fast."""
+    return jax.jit(jax.value_and_grad(loss_fn), static_argnums=3)
 
 
 # ============================================================================ Parts 1-2
@@ -164,7 +176,7 @@ FD_CASES = [(m, s, f) for m, s, f in CASES if (s == 0.01) == f]
 
 def test_init_names_shapes_and_scale():
     rnn = T.init_rnn(jax.random.key(0), 40, 30)
-    assert tuple(rnn) == T.RNN_PARAM_NAMES
+    assert set(rnn) == set(T.RNN_PARAM_NAMES)
     assert {k: v.shape for k, v in rnn.items()} == rnn_shapes(40, 30)
     lstm = T.init_lstm(jax.random.key(0), 40, 30)
     assert set(lstm) == set(T.LSTM_PARAM_NAMES)
@@ -179,15 +191,15 @@ def test_init_names_shapes_and_scale():
     assert float(jnp.max(jnp.abs(batched["i2h_weight"]))) <= 1 / 70 ** 0.5
 
 
-@pytest.mark.parametrize("model,scale,faithful", FD_CASES)
-def test_numpy_backward_matches_finite_differences(model, scale, faithful):
+@pytest.mark.parametrize("model,scale,faithful,step", FD_CASES)
+def test_numpy_backward_matches_finite_differences(model, scale, faithful, step):
     shapes, loss_and_grads, _ = MODELS[model]
     params = np_params(shapes(), scale, seed=1)
     inputs, targets = chunk(seed=2)
     eps = T.FAITHFUL_EPS if faithful else 0.0
     _, grads = loss_and_grads(params, inputs, targets, eps)
     numeric = finite_difference_grads(
-        lambda p: loss_and_grads(p, inputs, targets, eps, with_grads=False)[0], params)
+        lambda p: loss_and_grads(p, inputs, targets, eps, with_grads=False)[0], params, step)
     for name in params:
         error = np.linalg.norm(numeric[name] - grads[name]) / np.linalg.norm(grads[name])
         assert error < 1e-6, (name, error)
@@ -200,7 +212,7 @@ def test_loss_and_grads_match_numpy(x64, model, scale, faithful):
     inputs, targets = chunk(seed=4)
     eps = T.FAITHFUL_EPS if faithful else 0.0
     want_loss, want_grads = loss_and_grads(params, inputs, targets, eps)
-    loss, grads = jax.value_and_grad(loss_fn)(
+    loss, grads = value_and_grad(loss_fn)(
         {k: jnp.asarray(v) for k, v in params.items()}, jnp.asarray(inputs),
         jnp.asarray(targets), faithful)
     assert loss.dtype == jnp.float64
@@ -213,10 +225,10 @@ def test_loss_and_grads_match_numpy(x64, model, scale, faithful):
 def test_faithful_loss_differs_from_exact_by_the_epsilon(x64):
     params = T.init_rnn(jax.random.key(0), VOCAB, HIDDEN, jnp.float64)
     inputs, targets = map(jnp.asarray, chunk())
-    exact = T.rnn_loss(params, inputs, targets)
-    faithful = T.rnn_loss(params, inputs, targets, faithful=True)
+    exact, _ = value_and_grad(T.rnn_loss)(params, inputs, targets, False)
+    faithful, _ = value_and_grad(T.rnn_loss)(params, inputs, targets, True)
     # p ~ 1/V everywhere at init: each of T terms shrinks by about log(1 + V * eps).
-    np.testing.assert_allclose(float(exact - faithful), STEPS * VOCAB * 1e-6, rtol=1e-3)
+    np.testing.assert_allclose(float(exact - faithful), STEPS * VOCAB * 1e-6, rtol=1e-2)
 
 
 def test_autograd_original_matches_jax_port(x64):
@@ -230,7 +242,8 @@ def test_autograd_original_matches_jax_port(x64):
     jax_params = {k: jnp.asarray(v) for k, v in params.items()}
     for eps, faithful in ((original.EPS, True), (0.0, False)):
         want = original.loss(params, list(inputs), list(targets), eps)
-        got = T.rnn_loss(jax_params, jnp.asarray(inputs), jnp.asarray(targets), faithful)
+        got, _ = value_and_grad(T.rnn_loss)(jax_params, jnp.asarray(inputs),
+                                            jnp.asarray(targets), faithful)
         np.testing.assert_allclose(float(got), want, rtol=1e-12, atol=1e-10)
     # One training step (autograd.grad, clip, SGD) equals the JAX step.
     stepped = original.train_step(params, list(inputs), list(targets))
@@ -297,16 +310,16 @@ def test_train_online_scan_equals_python_loop(x64, small_text, model):
 
 def test_train_tutorial_is_train_online_in_blocks(x64, small_text):
     chars, data = encode(small_text)
-    params = T.init_rnn(jax.random.key(2), len(chars), 16, jnp.float64)
+    params = T.init_rnn(jax.random.key(2), len(chars), 16, jnp.float64, scale=0.3)
     logged = []
     trained, losses, samples = T.train_tutorial(
-        T.rnn_loss, "rnn", params, data, 10, jax.random.key(3), chars.index("a"),
-        sample_every=4, sample_length=30, log=lambda *a: logged.append(a))
-    whole, whole_losses = T.train_online(T.rnn_loss, params, data, 10)
+        T.rnn_loss, "rnn", params, data, 12, jax.random.key(3), chars.index("a"),
+        sample_every=5, sample_length=30, faithful=True, log=lambda *a: logged.append(a))
+    whole, whole_losses = T.train_online(T.rnn_loss, params, data, 12, faithful=True)
     np.testing.assert_allclose(np.asarray(losses), np.asarray(whole_losses), rtol=1e-13)
     for k in params:
         np.testing.assert_allclose(np.asarray(trained[k]), np.asarray(whole[k]), rtol=1e-13)
-    assert [s for s, _ in samples] == [4, 8, 10] == [a[0] for a in logged]
+    assert [s for s, _ in samples] == [5, 10, 12] == [a[0] for a in logged]
     assert all(ids.shape == (30,) for _, ids in samples)
 
 
@@ -357,17 +370,18 @@ def np_lstm_step(P, carry, x):
     return (h, c), P["V"] @ h + P["b"]
 
 
-@pytest.mark.parametrize("model", ["rnn", "lstm"])
-def test_greedy_sample_matches_a_numpy_loop(x64, model):
+# Scales and seeds picked so the greedy path visits many characters, not a short cycle.
+@pytest.mark.parametrize("model,scale,seed", [("rnn", 0.8, 5), ("lstm", 3.0, 3)])
+def test_greedy_sample_matches_a_numpy_loop(x64, model, scale, seed):
     shapes = rnn_shapes(13, 9) if model == "rnn" else lstm_shapes(13, 9)
-    params = np_params(shapes, 0.8, seed=9)
+    params = np_params(shapes, scale, seed)
     zero = np.zeros(9)
     state, step = (zero, np_rnn_step) if model == "rnn" else ((zero, zero), np_lstm_step)
     want = np_greedy(step, state, params, 4, 60)
     got = T.sample({k: jnp.asarray(v) for k, v in params.items()}, model, jax.random.key(0), 4,
                    60, greedy=True)
     assert got.tolist() == want
-    assert len(set(want)) > 2  # not a trivial fixed point
+    assert len(set(want[30:])) >= 4  # not a fixed point or a short cycle
 
 
 # ============================================================================ Part 3
@@ -381,6 +395,21 @@ except ImportError:  # Parts 1-2 need no torch
     torch = None
 
 needs_torch = pytest.mark.skipif(torch is None, reason="torch is not installed")
+
+
+@pytest.fixture(autouse=True)
+def _torch_one_thread():
+    """One torch thread: the tutorial's tiny per-step ops run ~5x faster than with threads
+    that contend for this machine's 2 cores (other test files may run beside this one)."""
+    if torch is None:
+        yield
+        return
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
 
 
 @needs_torch
@@ -464,13 +493,13 @@ def test_batched_rnn_loss_and_grads_match_torch(x64, small_text):
 
 @needs_torch
 def test_batched_greedy_sample_matches_torch(x64):
-    params = T.init_batched_rnn(jax.random.key(6), 10, 8, 10, jnp.float64)
-    params = {k: 3.0 * v for k, v in params.items()}  # sharper, so the path is not a constant
+    params = T.init_batched_rnn(jax.random.key(1), 10, 8, 10, jnp.float64)
+    params = {k: 5.0 * v for k, v in params.items()}  # sharper, so the path is not a cycle
     module = _torch_rnn(params, torch.float64)
     want = torch_tutorial.sample_ids(module, 2, 40, greedy=True)
     got = T.sample(params, "batched_rnn", jax.random.key(0), 2, 40, greedy=True)
     assert got.tolist() == want
-    assert len(set(want)) > 2
+    assert len(set(want[20:])) >= 4
 
 
 @needs_torch

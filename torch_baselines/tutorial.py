@@ -94,7 +94,7 @@ def load_numpy_params(model: RNN, params) -> RNN:
         if tuple(value.shape) != tuple(state[key].shape):
             raise ValueError(f"{name} must have shape {tuple(state[key].shape)}, "
                              f"got {value.shape}")
-        new_state[key] = torch.as_tensor(value, dtype=state[key].dtype)
+        new_state[key] = torch.tensor(np.array(value), dtype=state[key].dtype)
     model.load_state_dict(new_state)
     return model
 
