@@ -3,8 +3,10 @@
 Format: one msgpack file (flax.serialization: arrays as raw bytes with dtype and shape; no
 code is ever loaded, unlike pickle), holding
   {"format": "jaxrnn-checkpoint", "version": 1, "config": JSON, "vocab": JSON,
-   "step": int, "state": {params, opt_state, carry, rng, skipped}, "best_val": float,
-   "metrics": JSON list, "elapsed_s": float}
+   "step": int, "state": {step, params, opt_state, carry, rng, skipped, halted_at},
+   "best_val": float, "metrics": JSON list, "elapsed_s": float}
+in that order: a file that does not start with the "format" entry is told apart as foreign
+(a PNG, random bytes) from one of ours that is truncated.
 msgpack through flax needs no extra dependency, round-trips every pytree that optax builds,
 and reads on any platform (a GPU checkpoint loads on a CPU: arrays are stored as host bytes).
 
@@ -27,7 +29,7 @@ import jax
 import numpy as np
 from flax import serialization
 
-from jaxrnn.errors import UserError
+from jaxrnn.errors import JaxrnnWarning, UserError
 
 FORMAT = "jaxrnn-checkpoint"
 VERSION = 1
@@ -91,27 +93,48 @@ def to_bytes(*, config_json: str, vocab_json: str, step: int, state, best_val: f
         "metrics": json.dumps(metrics),
         "elapsed_s": float(elapsed_s),
     }
-    return serialization.msgpack_serialize(payload)
+    # in_place keeps the insertion order, so every file starts with the "format" header.
+    return serialization.msgpack_serialize(payload, in_place=True)
+
+
+# The first bytes of every checkpoint: a msgpack map whose first entry is "format": FORMAT
+# (to_bytes writes it first), so a file can be told apart from a foreign one before parsing.
+_HEADER = serialization.msgpack_serialize({"format": FORMAT})[1:]
+_FIELDS = ("format", "version", "config", "vocab", "step", "state", "best_val", "metrics",
+           "elapsed_s")
 
 
 def read(path: str) -> dict:
     """Reads a checkpoint file; errors name the file and what is wrong with it."""
+    if os.path.isdir(path):
+        raise UserError(f"{path} is a folder; give a checkpoint file such as "
+                        f"{os.path.join(path, 'last.msgpack')}")
     if not os.path.exists(path):
         raise UserError(f"no checkpoint at {path}")
     with open(path, "rb") as f:
         raw = f.read()
     if not raw:
         raise UserError(f"checkpoint {path} is empty (0 bytes)")
+    if len(raw) <= len(_HEADER) and _HEADER.startswith(raw[1:]):
+        raise UserError(f"checkpoint {path} is truncated ({len(raw)} bytes)")
+    ours = _HEADER in raw[:3 + len(_HEADER)]  # the map's length takes 1 to 3 bytes
+    foreign = UserError(f"{path} is not a jaxrnn checkpoint (it starts with {raw[:8]!r}, not "
+                        f"the '{FORMAT}' header)")
     try:
         payload = serialization.msgpack_restore(raw)
     except Exception as e:  # msgpack raises several types for torn or foreign bytes
-        raise UserError(f"checkpoint {path} is truncated or not a jaxrnn checkpoint "
-                        f"({type(e).__name__}: {e})") from None
+        if not ours:
+            raise foreign from None
+        raise UserError(f"checkpoint {path} is truncated or corrupt ({len(raw)} bytes; "
+                        f"{type(e).__name__}: {e})") from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
-        raise UserError(f"{path} is not a jaxrnn checkpoint (no '{FORMAT}' header)")
+        raise foreign
     if payload.get("version") != VERSION:
         raise UserError(f"checkpoint {path} has format version {payload.get('version')}; this "
-                        f"jaxrnn reads version {VERSION}")
+                        f"jaxrnn reads version {VERSION} only")
+    missing = [k for k in _FIELDS if k not in payload]
+    if missing:
+        raise UserError(f"checkpoint {path} is corrupt: it lacks {', '.join(missing)}")
     payload["metrics"] = json.loads(payload["metrics"])
     return payload
 
@@ -186,16 +209,28 @@ class CheckpointDir:
         """The newest readable checkpoint (last, then older ones with a warning), or None."""
         candidates = [self.last_path] if os.path.exists(self.last_path) else []
         candidates += [p for _, p in self.step_files()]
-        errors = []
+        errors, tried = [], []
         for path in candidates:
+            if any(_same_file(path, other) for other in tried):  # last.msgpack is a hard link
+                continue
+            tried.append(path)
             try:
                 payload = read(path)
             except UserError as e:
                 errors.append(str(e))
                 continue
             if errors:
-                warnings.warn(f"{'; '.join(errors)}; falling back to {path}", stacklevel=2)
+                warnings.warn(f"{'; '.join(errors)}; falling back to {path} (step "
+                              f"{payload['step']})", JaxrnnWarning, stacklevel=2)
             return payload, path
         if errors:
-            raise UserError(f"no readable checkpoint in {self.workdir}: {'; '.join(errors)}")
+            raise UserError(f"no readable checkpoint in {self.workdir}: {'; '.join(errors)}; "
+                            f"use --overwrite to start over")
         return None
+
+
+def _same_file(a: str, b: str) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False

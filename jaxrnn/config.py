@@ -58,6 +58,7 @@ class Config:
     eval_batch_size: int = 64
     sample_every: int = 0          # 0: only at the end
     sample_length: int = 200
+    sample_prime: str = "\n"        # the tutorial samples from "a"
     checkpoint_every: int = 500
     keep_checkpoints: int = 3
     on_nonfinite: str = "stop"     # stop | skip
@@ -120,7 +121,7 @@ class Config:
 # resumed with different values of these.
 RUN_CONTROL_FIELDS = frozenset({
     "steps", "minutes", "log_every", "eval_every", "eval_batch_size", "sample_every",
-    "sample_length", "checkpoint_every", "keep_checkpoints", "on_nonfinite",
+    "sample_length", "sample_prime", "checkpoint_every", "keep_checkpoints", "on_nonfinite",
 })
 
 
@@ -147,14 +148,14 @@ PRESETS: dict[str, dict] = {
                          clip="elementwise", clip_value=5.0, schedule="constant",
                          warmup_steps=0, steps=20000, steps_per_call=100, log_every=500,
                          eval_every=5000, eval_batch_size=256, sample_every=5000,
-                         sample_length=100, checkpoint_every=5000),
+                         sample_length=100, sample_prime="a", checkpoint_every=5000),
     "tutorial-lstm": dict(model="tutorial-lstm", cell="lstm", hidden_size=100, num_layers=1,
                           embedding_size=0, dropout=0.0, seq_len=25, batch_size=1,
                           carry_state=False, optimizer="sgd", lr=0.01, loss_reduction="sum",
                           clip="elementwise", clip_value=5.0, schedule="constant",
                           warmup_steps=0, steps=20000, steps_per_call=100, log_every=500,
                           eval_every=5000, eval_batch_size=256, sample_every=5000,
-                          sample_length=100, checkpoint_every=5000),
+                          sample_length=100, sample_prime="a", checkpoint_every=5000),
 }
 
 

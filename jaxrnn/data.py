@@ -17,6 +17,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import re
 import shutil
 import tempfile
 import urllib.error
@@ -121,30 +122,48 @@ def _atomic_copy(source, dest):
 # ---------------------------------------------------------------------------- reading text
 
 
+# Characters that do not occur in text: C0/C1 controls other than \t \n \v \f \r, and the
+# replacement character that errors="replace" puts for undecodable bytes.
+_NOT_TEXT = re.compile("[\x00-\x08\x0e-\x1f\x7f-\x9f\ufffd]")
+_MAX_NOT_TEXT_FRACTION = 0.1
+
+
 def read_text(path: str, encoding: str = "utf-8", errors: str = "strict") -> str:
-    """Reads a corpus with errors that name the problem (missing, empty, binary, bad UTF-8)."""
+    """Reads a corpus with errors that name the problem (missing, empty, binary, bad UTF-8).
+
+    A binary file (a NUL byte, or more than 10% control characters or undecodable bytes) is
+    refused whatever `errors` says, so it never turns into a vocabulary of garbage.
+    """
     if not os.path.exists(path):
         raise UserError(f"no such file: {path}")
     if os.path.isdir(path):
         raise UserError(f"{path} is a folder; --data needs a text file")
+    try:
+        nul_encoded = "\x00".encode(encoding)
+    except LookupError:
+        raise UserError(f"unknown --encoding {encoding!r}") from None
     with open(path, "rb") as f:
         raw = f.read()
     if not raw:
         raise UserError(f"corpus is empty: {path}")
     nul = raw.find(b"\x00")
-    if nul >= 0 and errors == "strict":
-        raise UserError(f"{path} looks like a binary file (a NUL byte at byte offset {nul}), "
-                        f"not text")
+    if nul >= 0 and nul_encoded == b"\x00":  # ASCII-compatible: NUL is not text
+        raise UserError(f"{path} looks like a binary file, not text (a NUL byte at byte offset "
+                        f"{nul}); --data needs a text file")
     try:
         text = raw.decode(encoding, errors=errors)
     except UnicodeDecodeError as e:
         raise UserError(f"{path} is not valid {encoding}: byte offset {e.start} "
                         f"(0x{raw[e.start]:02x}) cannot be decoded. Pass --encoding to name the "
                         f"file's encoding, or --errors replace to substitute bad bytes.") from None
-    except LookupError:
-        raise UserError(f"unknown --encoding {encoding!r}") from None
     if not text:
         raise UserError(f"corpus is empty: {path}")
+    bad = _NOT_TEXT.findall(text)
+    if len(bad) > _MAX_NOT_TEXT_FRACTION * len(text) or "\x00" in text:
+        first = _NOT_TEXT.search(text).start()
+        raise UserError(f"{path} looks like a binary file, not text: {len(bad)} of {len(text)} "
+                        f"characters decoded as {encoding} are control characters or "
+                        f"undecodable bytes (the first at character {first})")
     return text
 
 

@@ -311,6 +311,8 @@ def train_and_evaluate(config: Config, data_path: str, workdir: str, *, overwrit
     newest good checkpoint; a workdir holding a run with another config is refused (unless
     `overwrite`).
     """
+    if os.path.exists(workdir) and not os.path.isdir(workdir):
+        raise UserError(f"--workdir {workdir} is a file, not a folder")
     os.makedirs(workdir, exist_ok=True)
     config_path = os.path.join(workdir, "config.json")
     vocab_path = os.path.join(workdir, "vocab.json")
@@ -318,15 +320,13 @@ def train_and_evaluate(config: Config, data_path: str, workdir: str, *, overwrit
     checkpoints = ckpt_lib.CheckpointDir(workdir, config.keep_checkpoints)
 
     resumed = None
-    if overwrite:
-        for _, path in checkpoints.step_files():
-            os.unlink(path)
-        for path in (checkpoints.last_path, checkpoints.best_path, metrics_path):
-            if os.path.exists(path):
-                os.unlink(path)
-    elif os.path.exists(config_path):
-        with open(config_path) as f:
-            old = Config.from_dict(json.load(f))
+    if os.path.exists(config_path) and not overwrite:
+        try:
+            with open(config_path) as f:
+                old = Config.from_dict(json.load(f))
+        except (ValueError, TypeError) as e:  # JSONDecodeError and UserError are ValueErrors
+            raise UserError(f"{config_path} is unreadable ({e}); use --overwrite to start "
+                            f"over") from None
         diff = config_diff(old, config)
         if diff:
             shown = ", ".join(f"{k}: {a!r} -> {b!r}" for k, a, b in
@@ -335,12 +335,21 @@ def train_and_evaluate(config: Config, data_path: str, workdir: str, *, overwrit
                             f"another --workdir, or --overwrite to start over")
         resumed = checkpoints.load_latest()
 
-    vocab = data_lib.Vocab.load(vocab_path) if resumed else None
+    vocab = data_lib.Vocab.from_json(resumed[0]["vocab"]) if resumed else None
     vocab, tokens = load_corpus(data_path, vocab, encoding, errors)
     train_tokens, val_tokens, _ = data_lib.split_by_position(tokens, config.val_frac)
+    data_lib.StreamLayout(len(train_tokens), config.batch_size, config.seq_len).check(
+        f"training part of {data_path} ({len(tokens)} characters less --val-frac "
+        f"{config.val_frac})" if config.val_frac else f"text {data_path}")
     if config.val_frac > 0 and len(val_tokens) < 2:
         raise UserError(f"the validation split of {data_path} has {len(val_tokens)} "
                         f"characters; use a longer text or a larger --val-frac")
+    if overwrite:  # only now that the new run's inputs are known to be good
+        for _, path in checkpoints.step_files():
+            os.unlink(path)
+        for path in (checkpoints.last_path, checkpoints.best_path, metrics_path):
+            if os.path.exists(path):
+                os.unlink(path)
     trainer = Trainer.create(config, len(vocab), len(train_tokens), impl)
     if config.dtype == "float64" and not jax.config.jax_enable_x64:
         jax.config.update("jax_enable_x64", True)
@@ -357,8 +366,9 @@ def train_and_evaluate(config: Config, data_path: str, workdir: str, *, overwrit
     ckpt_lib.atomic_write(config_path, config.to_json().encode())
     vocab.save(vocab_path)
     start_step = int(state.step)
-    # metrics.jsonl must match the checkpoint: drop lines logged after it was written.
-    kept = _metrics_lines(metrics_path, start_step) if resumed else []
+    # metrics.jsonl must match the checkpoint: its lines are the ones the checkpoint holds
+    # (a kill may have left lines logged after it, or a torn last line).
+    kept = resumed[0]["metrics"] if resumed else []
     ckpt_lib.atomic_write(metrics_path, "".join(json.dumps(m) + "\n" for m in kept).encode())
 
     state = jax.device_put(state)
@@ -396,11 +406,13 @@ def train_and_evaluate(config: Config, data_path: str, workdir: str, *, overwrit
             if int(state.halted_at) >= 0:
                 bad = int(state.halted_at)
                 last = checkpoints.step_files()
-                where = f"the last good checkpoint is {last[0][1]}" if last else \
+                where = (f"the last good checkpoint is {last[0][1]} (step {last[0][0]}; start a "
+                         f"new --workdir from it with --init-from)") if last else \
                     "no checkpoint was written yet"
                 raise UserError(
-                    f"non-finite loss or gradient at step {bad} (lr {float(metrics['lr'][0]):g});"
-                    f" {where}. Try a smaller --lr, --clip norm, or --on-nonfinite skip")
+                    f"non-finite loss or gradient at step {bad} (lr "
+                    f"{float(metrics['lr'][bad - step]):g}); nothing from it was saved, and "
+                    f"{where}. Try a smaller --lr, --clip norm, or --on-nonfinite skip")
             step = int(state.step)
             train_time += dt
             window_time += dt
@@ -435,14 +447,15 @@ def train_and_evaluate(config: Config, data_path: str, workdir: str, *, overwrit
                           f"({val['bits_per_char']:.4f} bits/char)")
             if config.sample_every and step % config.sample_every < n and not done:
                 from jaxrnn.sampling import sample_text
-                text = sample_text(trainer.model, state.params, vocab, prime=vocab.chars[0],
+                text = sample_text(trainer.model, state.params, vocab, prime=_prime(config, vocab),
                                    length=config.sample_length, seed=step)
                 bar.write(f"--- sample at step {step} ---\n{text}\n---")
-            if step % config.checkpoint_every < n or done or is_best or stop.signum:
+            signum = stop.signum  # read once: a signal between the two tests still saves
+            if step % config.checkpoint_every < n or done or is_best or signum:
                 save(state, is_best)
-            if stop.signum:
+            if signum:
                 interrupted = True
-                name = signal.Signals(stop.signum).name
+                name = signal.Signals(signum).name
                 bar.close()
                 log(f"{name}: saved a checkpoint at step {step} in {workdir}; run the same "
                     f"command again to resume")
@@ -457,6 +470,11 @@ def train_and_evaluate(config: Config, data_path: str, workdir: str, *, overwrit
     steps_per_s = steps_done / train_time if train_time else 0.0
     return RunResult(state, val, best_val, steps_per_s, steps_per_s * chars_per_step, workdir,
                      interrupted)
+
+
+def _prime(config: Config, vocab: data_lib.Vocab) -> str:
+    """The config's sample prime, or the first character when the text lacks it."""
+    return config.sample_prime if not vocab.unknown(config.sample_prime) else vocab.chars[0]
 
 
 def _init_from(state: TrainState, path: str, vocab: data_lib.Vocab, trainer: Trainer):

@@ -1,4 +1,4 @@
-"""The tutorial, ported to JAX: a from-scratch RNN and LSTM (Parts 1-2) and the batched RNN (Part 3).
+"""The tutorial in JAX: a from-scratch RNN and LSTM (Parts 1-2) and the batched RNN (Part 3).
 
 The tutorial builds character language models on tiny-shakespeare three times:
   Part 1  a vanilla RNN written with the `autograd` package, trained online on one 25-character
@@ -24,6 +24,7 @@ log-softmax is log(softmax(o) + 1e-6); `faithful=True` reproduces it, the defaul
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 
@@ -322,7 +323,9 @@ def train_tutorial(loss_fn, model: str, params, data, num_chunks: int, key, star
     """The tutorial's whole Part 1/2 loop: online training with a sample every `sample_every`.
 
     Training runs in blocks of `sample_every` chunks, each one `train_online` scan; after each
-    block the model samples `sample_length` characters from `start_id` (the tutorial: 'a').
+    block the model samples `sample_length` characters from `start_id` (the tutorial: 'a'),
+    with key fold_in(key, first chunk of the block). The result equals one `train_online` over
+    all num_chunks (tests/test_tutorial.py).
 
     Args:
       log: optional callable(step, mean_loss, sample_ids) called after every block.
@@ -396,6 +399,52 @@ def sample(params, model: str, key, start_id, length: int = 100, greedy: bool = 
     _, ids = jax.lax.scan(body, (_zero_state(params, model), start),
                           jax.random.split(key, length))
     return ids
+
+
+# ============================================================================ the training CLI
+
+
+@dataclasses.dataclass(frozen=True)
+class TutorialLM:
+    """Part 1's RNN or Part 2's LSTM with the interface of `jaxrnn.model.CharLM`, so that
+    `jaxrnn.train` trains them (presets "tutorial-rnn" and "tutorial-lstm").
+
+      init(key) -> params                         `init_rnn` / `init_lstm`
+      zero_state(batch_size) -> state             <float>[B, H] (LSTM: a tuple (h, c))
+      apply(params, state, tokens, key=None) -> (logits <float>[B, T, V], state)
+      step(params, state, tokens[B]) -> (state, logits <float>[B, V])
+
+    Each row of the batch runs `rnn_forward` / `lstm_forward` (vmapped); there is no dropout,
+    so `key` is ignored. The loss (and `faithful_log_softmax`) is the trainer's business.
+    """
+
+    kind: str                       # "rnn" | "lstm"
+    vocab_size: int
+    hidden_size: int = 100
+    faithful_log_softmax: bool = False
+    dtype: str = "float32"
+
+    def __post_init__(self):
+        if self.kind not in ("rnn", "lstm"):
+            raise ValueError(f"kind must be 'rnn' or 'lstm', got {self.kind!r}")
+
+    def init(self, key):
+        init = init_rnn if self.kind == "rnn" else init_lstm
+        return init(key, self.vocab_size, self.hidden_size, jnp.dtype(self.dtype))
+
+    def zero_state(self, batch_size: int):
+        zeros = jnp.zeros((batch_size, self.hidden_size), jnp.dtype(self.dtype))
+        return zeros if self.kind == "rnn" else (zeros, zeros)
+
+    def apply(self, params, state, tokens, key=None):
+        """tokens <int32>[B, T] -> (logits <float>[B, T, V], state)."""
+        forward = rnn_forward if self.kind == "rnn" else lstm_forward
+        return jax.vmap(forward, in_axes=(None, 0, 0))(params, tokens, state)
+
+    def step(self, params, state, tokens):
+        """tokens <int32>[B] -> (state, logits <float>[B, V]); one step, for sampling."""
+        step = rnn_step if self.kind == "rnn" else lstm_step
+        return jax.vmap(step, in_axes=(None, 0, 0))(params, state, tokens)
 
 
 # ============================================================================ Part 3: batched RNN

@@ -54,7 +54,7 @@ def main(argv=None):
               f"characters; best {result.best_val:.4f}")
     if args.final_sample:
         _, vocab, model, params = load_run(args.workdir, "best")
-        prime = "\n" if "\n" in vocab.chars else vocab.chars[0]
+        prime = config.sample_prime if not vocab.unknown(config.sample_prime) else vocab.chars[0]
         text = sample_text(model, params, vocab, prime=prime, length=args.final_sample,
                            seed=config.seed)
         print(f"--- {args.final_sample}-character sample (best checkpoint) ---\n{text}")

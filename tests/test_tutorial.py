@@ -323,6 +323,35 @@ def test_train_tutorial_is_train_online_in_blocks(x64, small_text):
     assert all(ids.shape == (30,) for _, ids in samples)
 
 
+@pytest.mark.parametrize("kind", ["rnn", "lstm"])
+def test_tutorial_lm_is_the_port_batched(x64, kind):
+    model = T.TutorialLM(kind, VOCAB, HIDDEN, dtype="float64")
+    params = model.init(jax.random.key(0))
+    params = {k: 50.0 * v for k, v in params.items()}  # out of the nearly linear range
+    forward = T.rnn_forward if kind == "rnn" else T.lstm_forward
+    loss_fn = T.rnn_loss if kind == "rnn" else T.lstm_loss
+    chunks = [chunk(seed) for seed in (10, 11)]
+    tokens = jnp.asarray(np.stack([c[0] for c in chunks]))            # (2, T)
+    logits, state = model.apply(params, model.zero_state(2), tokens)   # (2, T, V)
+    assert logits.shape == (2, STEPS, VOCAB)
+    for b, (inputs, targets) in enumerate(chunks):
+        want_logits, want_state = forward(params, jnp.asarray(inputs))
+        np.testing.assert_allclose(logits[b], want_logits, rtol=1e-13, atol=1e-13)
+        jax.tree.map(lambda got, want: np.testing.assert_allclose(got[b], want, rtol=1e-13),
+                     state, want_state)
+        nll = -jnp.sum(jnp.take_along_axis(T.log_probs(logits[b]), jnp.asarray(targets)[:, None],
+                                           axis=1))
+        want_loss, _ = value_and_grad(loss_fn)(params, jnp.asarray(inputs),
+                                               jnp.asarray(targets), False)
+        np.testing.assert_allclose(float(nll), float(want_loss), rtol=1e-13)
+    # Stepping one character at a time gives the same logits and final state.
+    stepped_state = model.zero_state(2)
+    for t in range(STEPS):
+        stepped_state, step_logits = model.step(params, stepped_state, tokens[:, t])
+        np.testing.assert_allclose(step_logits, logits[:, t], rtol=1e-12, atol=1e-12)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-12), stepped_state, state)
+
+
 # ============================================================================ sampling
 
 

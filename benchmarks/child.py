@@ -1,0 +1,161 @@
+"""One measurement in a fresh process: `python -m benchmarks.child TASK_JSON`.
+
+The driver (`benchmarks.run`) starts one of these per (workload, peer), so that every peer
+starts with clean memory and thread pools and its peak RSS is its own. TASK_JSON holds:
+  kind      "train" | "sample" | "peak" (this machine's float32 matmul peak)
+  workload  a workload id (train: W1..W5; sample: S1-B1, S1-B64)
+  peer      jaxrnn | jaxrnn-default | torch | torch-loop | flax | autograd
+  text      the text file, or null for the synthetic text
+  repeat, budget_s, quick   see benchmarks.workloads.measure and --quick
+  out       where to write the result (JSON)
+The result holds the raw per-step times and the losses; the driver turns them into a record.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+
+import numpy as np
+
+from benchmarks import workloads as wl
+
+JAX_PEERS = ("jaxrnn", "jaxrnn-default", "flax")
+TORCH_PEERS = ("torch", "torch-loop")
+
+
+def _setup(peer: str) -> str:
+    if peer in JAX_PEERS:
+        from benchmarks import peers_jax
+
+        return peers_jax.setup()
+    if peer in TORCH_PEERS:
+        from benchmarks import peers_torch
+
+        return peers_torch.setup()
+    if peer == "autograd":
+        from benchmarks import peers_autograd
+
+        return peers_autograd.setup()
+    raise ValueError(f"unknown peer {peer!r}")
+
+
+def run_train(task: dict) -> dict:
+    workload = wl.TRAINING[task["workload"]]
+    peer = task["peer"]
+    tokens, vocab_size = wl.load_tokens(task["text"])
+    quick = task["quick"]
+    common = dict(repeat=task["repeat"], budget_s=task["budget_s"],
+                  warmup_blocks=0 if quick else 1)
+    block_steps = workload.quick_block_steps if quick else workload.block_steps
+    if peer in ("jaxrnn", "jaxrnn-default"):
+        from benchmarks import peers_jax
+
+        result = peers_jax.train_jaxrnn(workload, peer, tokens, vocab_size, quick=quick,
+                                        **common)
+    elif peer == "flax":
+        from benchmarks import peers_jax
+
+        result = peers_jax.train_flax(workload, tokens, vocab_size, block_steps=block_steps,
+                                      **common)
+    elif peer in TORCH_PEERS:
+        from benchmarks import peers_torch
+
+        result = peers_torch.train(workload, peer, tokens, vocab_size, block_steps=block_steps,
+                                   **common)
+    elif peer == "autograd":
+        from benchmarks import peers_autograd
+
+        result = peers_autograd.train(workload, tokens, vocab_size, block_steps=block_steps,
+                                      **common)
+    else:
+        raise ValueError(f"unknown peer {peer!r}")
+    result["ok"], result["check"] = wl.loss_check(result["losses"])
+    result["loss_first"], result["loss_last"] = result["losses"][0], result["losses"][-1]
+    result["vocab_size"] = vocab_size
+    del result["losses"]
+    return result
+
+
+def run_sample(task: dict) -> dict:
+    sampling = wl.SAMPLING[task["workload"]]
+    peer = task["peer"]
+    _, vocab_size = wl.load_tokens(task["text"])
+    length = sampling.quick_length if task["quick"] else sampling.length
+    common = dict(length=length, repeat=task["repeat"], budget_s=task["budget_s"],
+                  warmup_blocks=0 if task["quick"] else 1)
+    if peer == "jaxrnn":
+        from benchmarks import peers_jax
+
+        result = peers_jax.sample_jaxrnn(sampling, vocab_size, **common)
+    elif peer == "torch":
+        from benchmarks import peers_torch
+
+        result = peers_torch.sample(sampling, vocab_size, **common)
+    else:
+        raise ValueError(f"no sampling peer {peer!r}")
+    result["ok"], result["check"] = wl.sample_check(result.pop("tokens"), vocab_size)
+    result["length"] = length
+    result["vocab_size"] = vocab_size
+    return result
+
+
+def matmul_peak(size: int = 2048, reps: int = 5) -> dict:
+    """Best float32 GFLOP/s of a [size, size] @ [size, size] matmul in NumPy, JAX and torch.
+
+    Each library runs one warm-up product and then `reps` timed ones; a library that is not
+    installed is left out.
+    """
+    flops = 2.0 * size**3
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((size, size), dtype=np.float32)
+    b = rng.standard_normal((size, size), dtype=np.float32)
+    best = {}
+
+    def time_best(fn):
+        fn()
+        times = []
+        for _ in range(reps):
+            start = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - start)
+        return wl.gflops(flops, min(times))
+
+    best["numpy"] = time_best(lambda: a @ b)
+    try:
+        import jax
+        import jax.numpy as jnp
+
+        ja, jb = jnp.asarray(a), jnp.asarray(b)
+        matmul = jax.jit(jnp.matmul)
+        best["jax"] = time_best(lambda: matmul(ja, jb).block_until_ready())
+    except ImportError:
+        pass
+    try:
+        import torch
+
+        torch.set_num_threads(os.cpu_count())
+        ta, tb = torch.from_numpy(a), torch.from_numpy(b)
+        best["torch"] = time_best(lambda: torch.mm(ta, tb))
+    except ImportError:
+        pass
+    return {"gflops": best, "size": size, "cores": os.cpu_count()}
+
+
+def main(argv=None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    task = json.loads(argv[0])
+    if task["kind"] == "peak":
+        result = matmul_peak()
+    else:
+        result = {"version": _setup(task["peer"])}
+        result.update(run_train(task) if task["kind"] == "train" else run_sample(task))
+    result["peak_rss_mib"] = wl.peak_rss_mib()
+    with open(task["out"], "w") as f:
+        json.dump(result, f)
+
+
+if __name__ == "__main__":
+    main()

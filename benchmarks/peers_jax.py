@@ -1,0 +1,212 @@
+"""The JAX peers: `jaxrnn` (its fastest configuration), `jaxrnn-default` (what the training
+CLI runs), `flax` (flax.linen.RNN, jitted, optax), and jaxrnn's sampler for S1.
+
+jaxrnn trains through `jaxrnn.train.Trainer`, exactly as `scripts/train.py` does: the jitted
+`train_chunk` runs K steps (`steps_per_call`) per call as one `lax.scan` and gathers each
+step's batch from the char-rnn streams on the device; the time per step is the call's / K.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from benchmarks import workloads as wl
+
+# jaxrnn's fastest configuration per workload, on top of the workload's own fields: the fast
+# custom-VJP layers (impl="fast" fails loudly where none is registered, unlike "auto") and
+# K = the workload's block_steps training steps per jitted call. Re-measure when they change.
+FASTEST = {
+    "W1": dict(model="charlm"),
+    "W2": dict(model="charlm"),
+    "W3": dict(model="charlm"),
+    "W4": dict(model="charlm"),
+    "W5": dict(model="charlm"),
+}
+FASTEST_IMPL = "fast"
+
+
+def setup() -> str:
+    return f"jax {jax.__version__} ({jax.default_backend()}, {jax.device_count()} device)"
+
+
+def workload_fields(w: wl.Workload) -> dict:
+    """The jaxrnn Config fields that define a workload (everything else stays default)."""
+    return dict(cell=w.cell, hidden_size=w.hidden_size, num_layers=w.num_layers,
+                embedding_size=0, dropout=0.0, init="pytorch", batch_size=w.batch_size,
+                seq_len=w.seq_len, optimizer=w.optimizer, lr=w.lr, schedule="constant",
+                warmup_steps=0, clip="elementwise" if w.clip else "none",
+                clip_value=w.clip or 1.0, loss_reduction=w.loss, carry_state=w.carry_state)
+
+
+def jaxrnn_config(w: wl.Workload, peer: str, steps_per_call: int | None = None):
+    """(Config, impl) of `peer` on `w`.
+
+    jaxrnn-default: the CLI's defaults with the workload's fields; for W1, the CLI's own
+    `tutorial-rnn` preset (the tutorial's model, which is W1), checked against the workload.
+    jaxrnn: FASTEST[w.id] with K = `steps_per_call` (default: the workload's block_steps).
+    """
+    from jaxrnn.config import preset
+
+    fields = workload_fields(w)
+    if peer == "jaxrnn-default":
+        if w.id == "W1":
+            config = preset("tutorial-rnn")
+            mismatched = {k: (getattr(config, k), v) for k, v in fields.items()
+                          if k not in ("init", "clip_value") and getattr(config, k) != v}
+            assert not mismatched, f"tutorial-rnn preset differs from W1: {mismatched}"
+        else:
+            config = preset("default", **fields)
+        if steps_per_call:
+            config = dataclasses.replace(config, steps_per_call=steps_per_call)
+        return config, "auto"  # train_and_evaluate's default
+    overrides = {**fields, **FASTEST[w.id],
+                 "steps_per_call": steps_per_call or w.block_steps}
+    return preset("default", **overrides), FASTEST_IMPL
+
+
+def train_jaxrnn(workload: wl.Workload, peer: str, tokens: np.ndarray, vocab_size: int, *,
+                 quick: bool, repeat: int, budget_s: float, warmup_blocks: int) -> dict:
+    from jaxrnn.train import Trainer
+
+    config, impl = jaxrnn_config(workload, peer,
+                                 workload.quick_block_steps if quick else None)
+    trainer = Trainer.create(config, vocab_size, len(tokens), impl)
+    state = jax.device_put(trainer.init_state())
+    device_tokens = jnp.asarray(tokens)
+    chunk_fn = trainer.jit_train_chunk
+    K = config.steps_per_call
+
+    def run_block(n):
+        nonlocal state
+        losses = []
+        for _ in range(n // K):
+            state, metrics = chunk_fn(state, device_tokens, K)
+            metrics = jax.device_get(metrics)  # the host sync of scripts/train.py's loop
+            losses.extend(metrics["loss"].tolist())
+        if int(state.halted_at) >= 0:
+            raise FloatingPointError(f"non-finite loss or gradient at step "
+                                     f"{int(state.halted_at)}")
+        return losses
+
+    result = wl.measure(run_block, K, repeat, budget_s, warmup_blocks)
+    result["config"] = {"model": config.model, "impl": impl, "steps_per_call": K}
+    return result
+
+
+# ---------------------------------------------------------------------------- flax
+
+def _flax_model(cell: str, hidden_size: int, num_layers: int, vocab_size: int):
+    import flax.linen as nn
+
+    cells = {"lstm": nn.OptimizedLSTMCell, "gru": nn.GRUCell, "rnn": nn.SimpleCell}
+
+    class FlaxCharLM(nn.Module):
+        """One-hot -> num_layers x nn.RNN(cell) -> Dense head; carries in and out."""
+
+        @nn.compact
+        def __call__(self, carries, tokens):  # tokens <int32>[B, T]
+            x = jax.nn.one_hot(tokens, vocab_size)  # [B, T, V]
+            new_carries = []
+            for layer in range(num_layers):
+                rnn = nn.RNN(cells[cell](hidden_size), return_carry=True)
+                carry, x = rnn(x, initial_carry=carries[layer])
+                new_carries.append(carry)
+            return nn.Dense(vocab_size)(x), tuple(new_carries)  # [B, T, V]
+
+    def zero_carries(batch_size):
+        one = cells[cell](hidden_size).initialize_carry(jax.random.key(0),
+                                                       (batch_size, hidden_size))
+        return tuple(jax.tree.map(jnp.zeros_like, one) for _ in range(num_layers))
+
+    return FlaxCharLM(), zero_carries, cells[cell].__name__
+
+
+def train_flax(workload: wl.Workload, tokens: np.ndarray, vocab_size: int, *,
+               block_steps: int, repeat: int, budget_s: float, warmup_blocks: int) -> dict:
+    import flax
+
+    w = workload
+    model, zero_carries, cell_name = _flax_model(w.cell, w.hidden_size, w.num_layers,
+                                                 vocab_size)
+    carries = zero_carries(w.batch_size)
+    x0 = jnp.zeros((w.batch_size, w.seq_len), jnp.int32)
+    params = model.init(jax.random.key(0), carries, x0)
+    if w.optimizer == "adam":
+        optimizer = optax.adam(w.lr, b1=0.9, b2=0.999, eps=1e-8)
+    else:
+        optimizer = optax.sgd(w.lr)
+    if w.clip:
+        optimizer = optax.chain(optax.clip(w.clip), optimizer)
+    opt_state = optimizer.init(params)
+
+    def loss_fn(params, carries, x, y):
+        logits, new_carries = model.apply(params, carries, x)
+        nll = optax.softmax_cross_entropy_with_integer_labels(logits, y)  # [B, T]
+        loss = nll.mean() if w.loss == "mean" else nll.sum() / w.batch_size
+        return loss, new_carries
+
+    @functools.partial(jax.jit, donate_argnums=(0, 1, 2))
+    def train_step(params, opt_state, carries, x, y, reset):
+        carries = jax.tree.map(lambda c: jnp.where(reset, jnp.zeros_like(c), c), carries)
+        (loss, new_carries), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+            params, carries, x, y)
+        updates, opt_state = optimizer.update(grads, opt_state, params)
+        params = optax.apply_updates(params, updates)
+        return params, opt_state, jax.lax.stop_gradient(new_carries), loss
+
+    step = 0
+
+    def run_block(n):
+        nonlocal params, opt_state, carries, step
+        losses = []
+        for _ in range(n):
+            x, y, reset = wl.stream_batch(tokens, step, w.batch_size, w.seq_len)
+            reset = np.bool_(reset or not w.carry_state)
+            params, opt_state, carries, loss = train_step(params, opt_state, carries, x, y,
+                                                          reset)
+            losses.append(loss)
+            step += 1
+        return [float(x) for x in jax.device_get(losses)]
+
+    result = wl.measure(run_block, block_steps, repeat, budget_s, warmup_blocks)
+    result["config"] = {"module": f"flax.linen.RNN({cell_name})", "flax": flax.__version__}
+    return result
+
+
+# ---------------------------------------------------------------------------- sampling
+
+
+def sample_jaxrnn(sampling: wl.SamplingWorkload, vocab_size: int, *, length: int, repeat: int,
+                  budget_s: float, warmup_blocks: int) -> dict:
+    """S1: jaxrnn.sampling.generate, a jitted lax.scan over the generated characters."""
+    from jaxrnn.model import CharLM
+    from jaxrnn.sampling import generate
+
+    m = sampling.model
+    model = CharLM(vocab_size, m.cell, m.hidden_size, m.num_layers, embedding_size=0)
+    params = model.init(jax.random.key(0))
+    prime = jnp.zeros((sampling.batch_size, 1), jnp.int32)
+    temperature = jnp.float32(sampling.temperature)
+    key = jax.random.key(1)
+    calls = 0
+    last = {}
+
+    def run_block(n):
+        nonlocal calls
+        for _ in range(n):
+            tokens = generate(model, params, prime, jax.random.fold_in(key, calls),
+                              temperature, length=length)
+            last["tokens"] = np.asarray(tokens)  # waits for the result
+            calls += 1
+        return []
+
+    result = wl.measure(run_block, 1, repeat, budget_s, warmup_blocks)
+    result["tokens"] = last["tokens"]
+    result["config"] = {"sampler": "jaxrnn.sampling.generate (jit, lax.scan)"}
+    return result

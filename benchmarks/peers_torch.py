@@ -1,0 +1,151 @@
+"""The PyTorch peers: `torch` (nn.LSTM / nn.GRU / nn.RNN), `torch-loop` (a Python loop over
+nn.LSTMCell / GRUCell / RNNCell, as the tutorial's batched RNN loops over time), and PyTorch's
+sampling loop for S1. Imports torch and NumPy, never JAX.
+
+Both training peers run the same model as jaxrnn's CharLM: one-hot input, the recurrent
+layers, a linear head to the vocabulary, PyTorch's default initialisation, no dropout; the
+loss is F.cross_entropy (mean over B*T; W1: summed over T, divided by B).
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from benchmarks import workloads as wl
+from torch_baselines.charlm import TorchCharLM, detach_state
+
+CELL_CLASSES = {"lstm": nn.LSTMCell, "gru": nn.GRUCell, "rnn": nn.RNNCell}
+
+
+def setup() -> str:
+    """torch's threads = this machine's cores (BENCH.md); returns a version string."""
+    torch.set_num_threads(os.cpu_count())
+    return f"torch {torch.__version__}, {torch.get_num_threads()} threads"
+
+
+class LoopCharLM(nn.Module):
+    """One-hot -> a stack of nn.*Cell stepped in a Python loop over time -> linear head.
+
+    The head runs once on the stacked outputs [T, B, H]; the loop is over time (and layers
+    inside each time step), as the tutorial's batched RNN steps its cell.
+    """
+
+    def __init__(self, vocab_size: int, cell: str, hidden_size: int, num_layers: int):
+        super().__init__()
+        self.vocab_size, self.cell_name = vocab_size, cell
+        self.cells = nn.ModuleList(
+            CELL_CLASSES[cell](vocab_size if layer == 0 else hidden_size, hidden_size)
+            for layer in range(num_layers))
+        self.head = nn.Linear(hidden_size, vocab_size)
+
+    def forward(self, tokens, state=None):
+        """tokens <int64>[B, T] -> (logits <float>[B, T, V], state: a list over layers)."""
+        x = F.one_hot(tokens.t(), self.vocab_size).float()  # [T, B, V]
+        if state is None:
+            state = [None] * len(self.cells)
+        state = list(state)
+        outputs = []
+        for t in range(x.shape[0]):
+            layer_input = x[t]
+            for layer, cell in enumerate(self.cells):
+                state[layer] = cell(layer_input, state[layer])
+                layer_input = state[layer][0] if self.cell_name == "lstm" else state[layer]
+            outputs.append(layer_input)
+        return self.head(torch.stack(outputs)).transpose(0, 1), state
+
+
+def _detach(state):
+    if state is None:
+        return None
+    if isinstance(state, list):  # LoopCharLM: per layer, a tensor or an (h, c) tuple
+        return [detach_state(s) if isinstance(s, tuple) else s.detach() for s in state]
+    return detach_state(state)
+
+
+def train(workload: wl.Workload, peer: str, tokens: np.ndarray, vocab_size: int, *,
+          block_steps: int, repeat: int, budget_s: float, warmup_blocks: int) -> dict:
+    """Trains `peer` ("torch" or "torch-loop") on `workload`; returns wl.measure's dict."""
+    torch.manual_seed(0)
+    w = workload
+    if peer == "torch":
+        model = TorchCharLM(vocab_size, w.cell, w.hidden_size, w.num_layers)
+        config = {"module": f"nn.{type(model.rnn).__name__}"}
+    else:
+        model = LoopCharLM(vocab_size, w.cell, w.hidden_size, w.num_layers)
+        config = {"module": f"loop over nn.{type(model.cells[0]).__name__}"}
+    model.train()
+    parameters = list(model.parameters())
+    if w.optimizer == "adam":
+        optimizer = torch.optim.Adam(parameters, lr=w.lr, betas=(0.9, 0.999), eps=1e-8)
+    else:
+        optimizer = torch.optim.SGD(parameters, lr=w.lr)
+    state, step = None, 0
+
+    def run_block(n):
+        nonlocal state, step
+        losses = []
+        for _ in range(n):
+            inputs, targets, reset = wl.stream_batch(tokens, step, w.batch_size, w.seq_len)
+            if reset or not w.carry_state:
+                state = None  # zeros
+            x = torch.from_numpy(inputs).long()
+            y = torch.from_numpy(targets).long()
+            logits, new_state = model(x, state)
+            flat_logits, flat_y = logits.reshape(-1, vocab_size), y.reshape(-1)
+            if w.loss == "mean":
+                loss = F.cross_entropy(flat_logits, flat_y)
+            else:
+                loss = F.cross_entropy(flat_logits, flat_y, reduction="sum") / w.batch_size
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if w.clip:
+                torch.nn.utils.clip_grad_value_(parameters, w.clip)
+            optimizer.step()
+            state = _detach(new_state)
+            losses.append(loss.item())
+            step += 1
+        return losses
+
+    result = wl.measure(run_block, block_steps, repeat, budget_s, warmup_blocks)
+    result["config"] = config
+    return result
+
+
+def sample(sampling: wl.SamplingWorkload, vocab_size: int, *, length: int, repeat: int,
+           budget_s: float, warmup_blocks: int) -> dict:
+    """S1: nn.LSTM stepped one character at a time, torch.multinomial on softmax(logits / T)."""
+    torch.manual_seed(0)
+    m = sampling.model
+    model = TorchCharLM(vocab_size, m.cell, m.hidden_size, m.num_layers).eval()
+    generator = torch.Generator().manual_seed(0)
+    batch_size, temperature = sampling.batch_size, sampling.temperature
+    last = {}
+
+    @torch.inference_mode()
+    def generate():
+        prime = torch.zeros(batch_size, 1, dtype=torch.long)
+        logits, state = model(prime)
+        logits = logits[:, -1]  # [B, V]
+        out = torch.empty(batch_size, length, dtype=torch.long)
+        for i in range(length):
+            probs = torch.softmax(logits / temperature, dim=-1)
+            token = torch.multinomial(probs, 1, generator=generator)  # [B, 1]
+            out[:, i] = token[:, 0]
+            logits, state = model(token, state)
+            logits = logits[:, 0]
+        return out
+
+    def run_block(n):
+        for _ in range(n):
+            last["tokens"] = generate().numpy()
+        return []
+
+    result = wl.measure(run_block, 1, repeat, budget_s, warmup_blocks)
+    result["tokens"] = last["tokens"]
+    result["config"] = {"module": "nn.LSTM, one step per call, torch.multinomial"}
+    return result
