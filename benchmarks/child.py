@@ -7,6 +7,8 @@ starts with clean memory and thread pools and its peak RSS is its own. TASK_JSON
   peer      jaxrnn | jaxrnn-default | torch | torch-loop | flax | autograd
   text      the text file, or null for the synthetic text
   repeat, budget_s, quick   see benchmarks.workloads.measure and --quick
+  steps_per_call  optional: the jaxrnn peer's K instead of its FASTEST one
+  torch_threads   optional: torch's threads instead of the number of cores
   out       where to write the result (JSON)
 The result holds the raw per-step times and the losses; the driver turns them into a record.
 """
@@ -26,7 +28,8 @@ JAX_PEERS = ("jaxrnn", "jaxrnn-default", "flax")
 TORCH_PEERS = ("torch", "torch-loop")
 
 
-def _setup(peer: str) -> str:
+def _setup(task: dict) -> str:
+    peer = task["peer"]
     if peer in JAX_PEERS:
         from benchmarks import peers_jax
 
@@ -34,7 +37,7 @@ def _setup(peer: str) -> str:
     if peer in TORCH_PEERS:
         from benchmarks import peers_torch
 
-        return peers_torch.setup()
+        return peers_torch.setup(task.get("torch_threads"))
     if peer == "autograd":
         from benchmarks import peers_autograd
 
@@ -53,8 +56,11 @@ def run_train(task: dict) -> dict:
     if peer in ("jaxrnn", "jaxrnn-default"):
         from benchmarks import peers_jax
 
-        result = peers_jax.train_jaxrnn(workload, peer, tokens, vocab_size, quick=quick,
-                                        **common)
+        steps_per_call = workload.quick_block_steps if quick else None
+        if peer == "jaxrnn" and task.get("steps_per_call"):
+            steps_per_call = task["steps_per_call"]
+        result = peers_jax.train_jaxrnn(workload, peer, tokens, vocab_size,
+                                        steps_per_call=steps_per_call, **common)
     elif peer == "flax":
         from benchmarks import peers_jax
 
@@ -96,6 +102,10 @@ def run_sample(task: dict) -> dict:
         result = peers_torch.sample(sampling, vocab_size, **common)
     else:
         raise ValueError(f"no sampling peer {peer!r}")
+    # compile_s: the first call's time over a steady one (trace + compile), not a whole
+    # first generation of `length` characters
+    median = sorted(result["step_times"])[len(result["step_times"]) // 2]
+    result["compile_s"] = max(0.0, result["first_block_s"] - median)
     result["ok"], result["check"] = wl.sample_check(result.pop("tokens"), vocab_size)
     result["length"] = length
     result["vocab_size"] = vocab_size
@@ -148,9 +158,9 @@ def main(argv=None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     task = json.loads(argv[0])
     if task["kind"] == "peak":
-        result = matmul_peak()
+        result = matmul_peak(**({"size": 1024, "reps": 3} if task.get("quick") else {}))
     else:
-        result = {"version": _setup(task["peer"])}
+        result = {"version": _setup(task)}
         result.update(run_train(task) if task["kind"] == "train" else run_sample(task))
     result["peak_rss_mib"] = wl.peak_rss_mib()
     with open(task["out"], "w") as f:

@@ -19,14 +19,19 @@ import optax
 from benchmarks import workloads as wl
 
 # jaxrnn's fastest configuration per workload, on top of the workload's own fields: the fast
-# custom-VJP layers (impl="fast" fails loudly where none is registered, unlike "auto") and
-# K = the workload's block_steps training steps per jitted call. Re-measure when they change.
+# custom-VJP layers (impl="fast" fails loudly where none is registered, unlike "auto"), and K
+# training steps per jitted call (`steps_per_call`), which spreads the per-call cost (host
+# sync, dispatch, ~40 MB of fresh buffers: PERF_NOTES) over K steps. Measured on a busy 2-core
+# machine, alternating runs: W1 K=1000 ran ~1.4x K=100, and CharLM (one-hot GEMM + the fast
+# tanh-RNN layer) ~2x the tutorial port (model="tutorial-rnn") at K=100. W2 K=50 was not
+# distinguishable from K=10 there; the K of W2-W5 are to re-measure on a quiet machine
+# (`scripts/bench.py --peers jaxrnn --steps-per-call K`).
 FASTEST = {
-    "W1": dict(model="charlm"),
-    "W2": dict(model="charlm"),
-    "W3": dict(model="charlm"),
-    "W4": dict(model="charlm"),
-    "W5": dict(model="charlm"),
+    "W1": dict(model="charlm", steps_per_call=1000),
+    "W2": dict(model="charlm", steps_per_call=20),
+    "W3": dict(model="charlm", steps_per_call=10),
+    "W4": dict(model="charlm", steps_per_call=20),
+    "W5": dict(model="charlm", steps_per_call=20),
 }
 FASTEST_IMPL = "fast"
 
@@ -49,7 +54,7 @@ def jaxrnn_config(w: wl.Workload, peer: str, steps_per_call: int | None = None):
 
     jaxrnn-default: the CLI's defaults with the workload's fields; for W1, the CLI's own
     `tutorial-rnn` preset (the tutorial's model, which is W1), checked against the workload.
-    jaxrnn: FASTEST[w.id] with K = `steps_per_call` (default: the workload's block_steps).
+    jaxrnn: FASTEST[w.id]. `steps_per_call`, if given, replaces either's K.
     """
     from jaxrnn.config import preset
 
@@ -65,17 +70,19 @@ def jaxrnn_config(w: wl.Workload, peer: str, steps_per_call: int | None = None):
         if steps_per_call:
             config = dataclasses.replace(config, steps_per_call=steps_per_call)
         return config, "auto"  # train_and_evaluate's default
-    overrides = {**fields, **FASTEST[w.id],
-                 "steps_per_call": steps_per_call or w.block_steps}
-    return preset("default", **overrides), FASTEST_IMPL
+    config = preset("default", **fields, **FASTEST[w.id])
+    if steps_per_call:
+        config = dataclasses.replace(config, steps_per_call=steps_per_call)
+    return config, FASTEST_IMPL
 
 
 def train_jaxrnn(workload: wl.Workload, peer: str, tokens: np.ndarray, vocab_size: int, *,
-                 quick: bool, repeat: int, budget_s: float, warmup_blocks: int) -> dict:
+                 steps_per_call: int | None, repeat: int, budget_s: float,
+                 warmup_blocks: int) -> dict:
+    """Trains through jaxrnn.train.Trainer's jitted K-step chunk; one timed block = one call."""
     from jaxrnn.train import Trainer
 
-    config, impl = jaxrnn_config(workload, peer,
-                                 workload.quick_block_steps if quick else None)
+    config, impl = jaxrnn_config(workload, peer, steps_per_call)
     trainer = Trainer.create(config, vocab_size, len(tokens), impl)
     state = jax.device_put(trainer.init_state())
     device_tokens = jnp.asarray(tokens)

@@ -22,9 +22,9 @@ from torch_baselines.charlm import TorchCharLM, detach_state
 CELL_CLASSES = {"lstm": nn.LSTMCell, "gru": nn.GRUCell, "rnn": nn.RNNCell}
 
 
-def setup() -> str:
-    """torch's threads = this machine's cores (BENCH.md); returns a version string."""
-    torch.set_num_threads(os.cpu_count())
+def setup(threads: int | None = None) -> str:
+    """torch's threads = this machine's cores (BENCH.md) unless given; returns a version."""
+    torch.set_num_threads(threads or os.cpu_count())
     return f"torch {torch.__version__}, {torch.get_num_threads()} threads"
 
 

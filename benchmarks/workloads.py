@@ -34,9 +34,10 @@ MIN_REPS = 3               # the budget never cuts the timed repetitions below t
 class Workload:
     """One row of BENCH.md's table.
 
-    `block_steps` is the number of training steps in one timed repetition (the time per step
-    is the block's time / block_steps), and also jaxrnn's steps per jitted call (K) in its
-    fastest configuration; `quick_block_steps` replaces it under --quick.
+    `block_steps` is the number of training steps in one timed repetition of the peers that
+    step from Python (the time per step is the block's time / block_steps); the jaxrnn peers
+    time one jitted call of their own K steps instead. `quick_block_steps` replaces both under
+    --quick.
     """
 
     id: str

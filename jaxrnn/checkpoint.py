@@ -205,6 +205,11 @@ class CheckpointDir:
             os.unlink(old)
         return path
 
+    def remove_partial_writes(self) -> None:
+        """Deletes the temporary files of writes that a kill cut short (`.tmp-*`)."""
+        for path in glob.glob(os.path.join(self.workdir, ".tmp-*")):
+            os.unlink(path)
+
     def load_latest(self) -> tuple[dict, str] | None:
         """The newest readable checkpoint (last, then older ones with a warning), or None."""
         candidates = [self.last_path] if os.path.exists(self.last_path) else []

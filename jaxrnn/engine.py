@@ -157,7 +157,8 @@ class Recurrent:
 
     def check_params(self, params) -> None:
         """Raises ValueError naming the first place where `params` has the wrong structure."""
-        expected = self.init(jax.random.key(0)) if not isinstance(self.mode, str) else None
+        expected = (jax.eval_shape(self.init, jax.random.key(0))  # shapes only, no arrays
+                    if not isinstance(self.mode, str) else None)
         if not isinstance(params, (list, tuple)) or len(params) != self.num_layers:
             got = len(params) if isinstance(params, (list, tuple)) else type(params).__name__
             raise ValueError(f"params must be a list of {self.num_layers} layers, got {got}")

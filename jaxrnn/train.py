@@ -344,6 +344,7 @@ def train_and_evaluate(config: Config, data_path: str, workdir: str, *, overwrit
     if config.val_frac > 0 and len(val_tokens) < 2:
         raise UserError(f"the validation split of {data_path} has {len(val_tokens)} "
                         f"characters; use a longer text or a larger --val-frac")
+    checkpoints.remove_partial_writes()
     if overwrite:  # only now that the new run's inputs are known to be good
         for _, path in checkpoints.step_files():
             os.unlink(path)
@@ -423,15 +424,15 @@ def train_and_evaluate(config: Config, data_path: str, workdir: str, *, overwrit
                 # exactly what an uninterrupted one does.
                 finite = np.isfinite(metrics["loss"])
                 record = {"step": step, "loss": float(metrics["loss"][finite].mean())
-                          if finite.any() else float("nan"),
-                          "grad_norm": float(metrics["grad_norm"][-1]),
-                          "param_norm": float(metrics["param_norm"][-1]),
+                          if finite.any() else None,
+                          "grad_norm": _json_float(metrics["grad_norm"][-1]),
+                          "param_norm": _json_float(metrics["param_norm"][-1]),
                           "lr": float(metrics["lr"][-1]), "skipped": int(state.skipped),
                           "elapsed_s": round(elapsed_before + train_time, 3),
                           "chars_per_s": round(window_steps * chars_per_step /
                                                max(window_time, 1e-9), 1)}
                 write_metrics(record)
-                bar.set_postfix(loss=f"{record['loss']:.3f}",
+                bar.set_postfix(loss="-" if record["loss"] is None else f"{record['loss']:.3f}",
                                 chars_s=f"{record['chars_per_s']:.0f}")
                 window_steps, window_time = 0, 0.0
             out_of_time = deadline is not None and time.monotonic() >= deadline
@@ -477,6 +478,12 @@ def _prime(config: Config, vocab: data_lib.Vocab) -> str:
     return config.sample_prime if not vocab.unknown(config.sample_prime) else vocab.chars[0]
 
 
+def _json_float(value) -> float | None:
+    """A finite float, or None: JSON has no NaN or infinity (steps skipped as non-finite)."""
+    value = float(value)
+    return value if math.isfinite(value) else None
+
+
 def _init_from(state: TrainState, path: str, vocab: data_lib.Vocab, trainer: Trainer):
     """Starts from another run's parameters (fresh optimiser and step)."""
     payload = ckpt_lib.read(path)
@@ -509,7 +516,7 @@ def _plot_losses(metrics_path: str, out_path: str) -> None:
     import matplotlib.pyplot as plt
 
     records = _metrics_lines(metrics_path, 10**18)
-    train = [(m["step"], m["loss"]) for m in records if "loss" in m]
+    train = [(m["step"], m["loss"]) for m in records if m.get("loss") is not None]
     val = [(m["step"], m["val_loss"]) for m in records if "val_loss" in m]
     if not train and not val:
         return

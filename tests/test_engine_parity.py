@@ -12,12 +12,13 @@ greedily so that every pair of values of any two factors appears (`test_design_c
 checks it), plus 8 float32 cases that cover every value of every factor. `test_full_product`
 (marked slow) runs all 768 cells in both dtypes.
 
-The largest differences seen are collected in `MAX_DIFF` and printed at the end of the module
-(run with `-s` to see them).
+The largest differences seen are collected in `MAX_DIFF` and written to the terminal at the end
+of the module (float64: absolute; float32: relative to each array's scale, max(1, max|ref|)).
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import itertools
 
@@ -31,7 +32,8 @@ import jaxrnn
 from jaxrnn import Recurrent, last_valid, pad_sequences
 from torch_baselines.convert import (expected_shapes, from_torch, params_from_state_dict,
                                      params_to_state_dict, to_torch)
-from torch_baselines.packed import PackedRecurrent, tutorial_part4
+from torch_baselines.packed import (PackedGRU, PackedLSTM, PackedRecurrent, PackedRNN,
+                                    tutorial_part4)
 
 MODES = ("rnn_tanh", "rnn_relu", "lstm", "gru")
 LAYERS = (1, 2, 3)
@@ -47,13 +49,16 @@ MAX_DIFF: dict[str, dict[str, float]] = {"float64": {}, "float32": {}}
 
 
 @pytest.fixture(scope="module", autouse=True)
-def report_max_diff():
+def report_max_diff(request):
+    """Writes the largest differences seen to the terminal when the module is done."""
     yield
-    for dtype, diffs in MAX_DIFF.items():
-        if diffs:
-            worst = max(diffs, key=diffs.get)
-            print(f"\n[parity] {dtype}: largest abs diff {diffs[worst]:.3g} ({worst}); "
-                  + ", ".join(f"{k}={v:.2g}" for k, v in sorted(diffs.items())))
+    capture = request.config.pluginmanager.get_plugin("capturemanager")
+    with capture.global_and_fixture_disabled() if capture else contextlib.nullcontext():
+        for dtype, diffs in MAX_DIFF.items():
+            if diffs:
+                worst = max(diffs, key=diffs.get)
+                print(f"\n[parity] {dtype}: largest diff {diffs[worst]:.3g} ({worst}); "
+                      + ", ".join(f"{k}={v:.2g}" for k, v in sorted(diffs.items())))
 
 
 def _record(dtype: str, name: str, diff: float) -> None:
@@ -100,9 +105,7 @@ def pairwise_design(bases: list[dict], complete: bool = True) -> list[dict]:
 
 
 def full_product() -> list[dict]:
-    return [dict(zip(("mode", "num_layers", "lengths") + FLAGS, values))
-            for values in itertools.product(MODES, LAYERS, LENGTH_KINDS,
-                                            *[(False, True)] * len(FLAGS))]
+    return [dict(zip(LEVELS, values)) for values in itertools.product(*LEVELS.values())]
 
 
 def case_id(case: dict) -> str:
@@ -171,7 +174,7 @@ def _torch_reference(module, x, hx, lengths, weights):
     x_t = torch.tensor(x, requires_grad=True)
     hx_t = None if hx is None else tuple(torch.tensor(h, requires_grad=True) for h in hx)
     module.zero_grad()
-    packed = PackedRecurrent.wrap(module)
+    packed = PackedRecurrent(module)
     torch_hx = None if hx_t is None else (hx_t if len(hx_t) == 2 else hx_t[0])
     output, state = packed(x_t, None if lengths is None else torch.tensor(lengths), torch_hx)
     states = state if isinstance(state, tuple) else (state,)
@@ -260,6 +263,35 @@ def test_full_product(case, dtype, request):
     if dtype == "float64":
         request.getfixturevalue("x64")
     check_parity(case, dtype)
+
+
+@pytest.mark.parametrize("make,kwargs", [
+    (PackedRNN, dict(nonlinearity="relu", num_layers=2)),
+    (PackedLSTM, dict(bidirectional=True, batch_first=True)),
+    (PackedGRU, dict(num_layers=2, bidirectional=True)),
+])
+def test_packed_modules_equal_one_sequence_at_a_time(make, kwargs):
+    """The torch baseline itself: packing == running each sequence alone, unpadded."""
+    torch.manual_seed(0)
+    packed = make(3, 4, **kwargs).double()
+    batch_first = packed.rnn.batch_first
+    lengths = [2, 5, 1, 4]
+    sequences = [torch.randn(length, 3, dtype=torch.float64) for length in lengths]
+    padded = torch.nn.utils.rnn.pad_sequence(sequences, batch_first=batch_first)
+    with torch.no_grad():
+        output, state = packed(padded, torch.tensor(lengths))
+        if not batch_first:
+            output = output.transpose(0, 1)  # [B, T, D*H]
+        assert output.shape == (4, 5, packed.rnn.hidden_size * (1 + packed.rnn.bidirectional))
+        for b, sequence in enumerate(sequences):
+            alone = sequence[None] if batch_first else sequence[:, None]
+            want_output, want_state = packed.rnn(alone)
+            want_output = want_output[0] if batch_first else want_output[:, 0]
+            torch.testing.assert_close(output[b, : lengths[b]], want_output)
+            assert torch.all(output[b, lengths[b]:] == 0)
+            for got, want in zip(state if isinstance(state, tuple) else (state,),
+                                 want_state if isinstance(want_state, tuple) else (want_state,)):
+                torch.testing.assert_close(got[:, b], want[:, 0])
 
 
 # ------------------------------------------------------------------------- the tutorial, Part 4
@@ -431,8 +463,9 @@ def test_dropout_only_between_layers():
     probe, probe_params = _identity_probe(rate, hidden_size)
     probe_params[0][0] = {"weight_ih": jnp.ones((hidden_size, 3)),
                           "weight_hh": jnp.zeros((hidden_size, hidden_size))}
-    ones = jnp.ones((6, 5, 3))
-    mask = np.asarray(jax.jit(probe.apply)(probe_params, ones, key=key)[0]) != 0  # relu(3) > 0 everywhere
+    # Layer 1 outputs relu(3) = 3 everywhere, so the probe's zeros are exactly the dropped units.
+    probe_output, _ = jax.jit(probe.apply)(probe_params, jnp.ones((6, 5, 3)), key=key)
+    mask = np.asarray(probe_output) != 0
 
     rnn = Recurrent("lstm", 3, hidden_size, num_layers=2, dropout=rate)
     params = _random_params(rnn)
@@ -458,7 +491,7 @@ def test_dropout_only_between_layers():
     (torch.nn.LSTM, dict(bidirectional=True, bias=False)),
     (torch.nn.GRU, dict(num_layers=2, bidirectional=True, batch_first=True, dropout=0.5)),
 ])
-@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("dtype", ["float32", "float64", "bfloat16"])
 def test_conversion_round_trip(module_class, kwargs, dtype, request):
     if dtype == "float64":
         request.getfixturevalue("x64")

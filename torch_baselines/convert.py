@@ -17,6 +17,8 @@ mode "rnn_tanh" | "rnn_relu". `nn.LSTM(proj_size > 0)` has no jaxrnn counterpart
 
 Dtypes are kept: a float64 module gives float64 jax arrays (this needs `jax_enable_x64`; without
 it, pass `dtype=jnp.float32` to convert explicitly instead of truncating silently).
+`params_from_state_dict` / `params_to_state_dict` do the rename alone, between jaxrnn params and
+a flat {PyTorch key: array} dict (numpy out, e.g. for `np.savez`; torch or numpy in).
 
   >>> rnn, params = from_torch(torch.nn.LSTM(3, 5, num_layers=2, bidirectional=True))
   >>> module = to_torch(rnn, params)            # an equal nn.LSTM
@@ -35,6 +37,8 @@ from jaxrnn.engine import Recurrent
 _TORCH_CLASSES = {"rnn_tanh": torch.nn.RNN, "rnn_relu": torch.nn.RNN, "lstm": torch.nn.LSTM,
                   "gru": torch.nn.GRU}
 _PARAM_NAMES = ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
+_TORCH_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32,
+                 "float64": torch.float64}
 
 
 def torch_key(name: str, layer: int, direction: int) -> str:
@@ -73,12 +77,15 @@ def _check_keys_and_shapes(want: dict, got: dict, what: str) -> None:
 
 
 def _to_numpy(value) -> np.ndarray:
+    # A copy, never a view: jnp.asarray can wrap an aligned host buffer without copying on CPU,
+    # so a view would let later in-place updates of the tensor (optimizer.step) change the jax
+    # params too.
     if isinstance(value, torch.Tensor):
         value = value.detach().cpu()
-        if value.dtype == torch.bfloat16:  # numpy has no bfloat16; float32 holds it exactly
-            value = value.float()
-        return value.numpy()
-    return np.asarray(value)
+        if value.dtype == torch.bfloat16:  # numpy has no bfloat16: go through float32, exactly
+            return value.float().numpy().astype(jnp.bfloat16)
+        return value.numpy().copy()
+    return np.array(value)
 
 
 def _jax_dtype(numpy_dtype, dtype):
@@ -170,20 +177,25 @@ def from_torch(module: torch.nn.Module, dtype=None):
 def to_torch(rnn: Recurrent, params) -> torch.nn.Module:
     """(Recurrent, params) -> an nn.RNN / nn.LSTM / nn.GRU with the same configuration and weights.
 
-    The module's dtype is the params' dtype (float32 or float64); it is in training mode, as a
-    freshly built module is (dropout acts only in training mode).
+    The module's dtype is the params' dtype (float64, float32, float16 or bfloat16). It is in
+    training mode, as a freshly built module is (dropout acts only in training mode).
     """
     flat = params_to_state_dict(rnn, params)
-    dtypes = {a.dtype for a in flat.values()}
-    if len(dtypes) != 1:
-        raise ValueError(f"params must all have one dtype, got {sorted(map(str, dtypes))}")
+    dtypes = sorted({str(a.dtype) for a in flat.values()})
+    if len(dtypes) != 1 or dtypes[0] not in _TORCH_DTYPES:
+        raise ValueError(f"params must all have one dtype out of {sorted(_TORCH_DTYPES)}, "
+                         f"got {dtypes}")
     kwargs = dict(input_size=rnn.input_size, hidden_size=rnn.hidden_size,
                   num_layers=rnn.num_layers, bias=rnn.bias, batch_first=rnn.batch_first,
                   dropout=rnn.dropout, bidirectional=rnn.bidirectional)
     if rnn.mode in ("rnn_tanh", "rnn_relu"):
         kwargs["nonlinearity"] = rnn.mode[len("rnn_"):]
     module = _TORCH_CLASSES[rnn.mode](**kwargs)
-    module = module.to(torch.from_numpy(np.zeros((), dtypes.pop())).dtype)
-    module.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in flat.items()},
-                           strict=True)
+    torch_dtype = _TORCH_DTYPES[dtypes[0]]
+    module = module.to(torch_dtype)
+    # torch.from_numpy knows no bfloat16; float32 holds every bfloat16 value exactly.
+    tensors = {key: torch.from_numpy(np.array(value, np.float32 if dtypes[0] == "bfloat16"
+                                              else value.dtype)).to(torch_dtype)
+               for key, value in flat.items()}
+    module.load_state_dict(tensors, strict=True)
     return module

@@ -1,6 +1,7 @@
 """PyTorch's packed-sequence recipe, as the reference for jaxrnn's `lengths`.
 
-`PackedRecurrent` wraps nn.RNN / nn.LSTM / nn.GRU around a padded batch plus lengths:
+`PackedRecurrent` (and `PackedRNN`, `PackedLSTM`, `PackedGRU`, which build the module too)
+wraps nn.RNN / nn.LSTM / nn.GRU around a padded batch plus lengths:
   pack_padded_sequence(padded, lengths, enforce_sorted=False) -> module -> pad_packed_sequence
 with `total_length=T`, so the output keeps the padded shape. This is exactly what
 `jaxrnn.Recurrent.apply(params, padded, hx, lengths)` computes.
@@ -16,46 +17,27 @@ import numpy as np
 import torch
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence, pad_sequence
 
-_MODULES = {"rnn_tanh": torch.nn.RNN, "rnn_relu": torch.nn.RNN, "lstm": torch.nn.LSTM,
-            "gru": torch.nn.GRU}
-
 
 class PackedRecurrent(torch.nn.Module):
-    """nn.RNN / nn.LSTM / nn.GRU on (padded, lengths): pack, run, pad back to the input's T.
+    """Wraps an nn.RNN / nn.LSTM / nn.GRU to run on (padded, lengths): pack, run, pad back.
 
-    Arguments are those of the wrapped module; `mode` is "rnn_tanh", "rnn_relu", "lstm" or
-    "gru". The wrapped module is `self.rnn` (its state_dict keys are prefixed with "rnn.").
+    The wrapped module is `self.rnn` (so state_dict keys are prefixed with "rnn."); its
+    parameters are shared, not copied.
     """
 
-    def __init__(self, mode: str, input_size: int, hidden_size: int, num_layers: int = 1,
-                 bias: bool = True, batch_first: bool = False, dropout: float = 0.0,
-                 bidirectional: bool = False):
+    def __init__(self, module: torch.nn.RNNBase):
         super().__init__()
-        if mode not in _MODULES:
-            raise ValueError(f"mode must be one of {sorted(_MODULES)}, got {mode!r}")
-        kwargs = dict(input_size=input_size, hidden_size=hidden_size, num_layers=num_layers,
-                      bias=bias, batch_first=batch_first, dropout=dropout,
-                      bidirectional=bidirectional)
-        if mode.startswith("rnn_"):
-            kwargs["nonlinearity"] = mode[len("rnn_"):]
-        self.mode = mode
-        self.rnn = _MODULES[mode](**kwargs)
-
-    @classmethod
-    def wrap(cls, module: torch.nn.RNNBase) -> "PackedRecurrent":
-        """Wraps an existing module (shares its parameters)."""
-        wrapper = cls.__new__(cls)
-        torch.nn.Module.__init__(wrapper)
-        wrapper.mode = module.mode.lower()
-        wrapper.rnn = module
-        return wrapper
+        if not isinstance(module, torch.nn.RNNBase):
+            raise ValueError(f"PackedRecurrent wraps an nn.RNN, nn.LSTM or nn.GRU, "
+                             f"got {type(module).__name__}")
+        self.rnn = module
 
     def forward(self, padded, lengths=None, hx=None):
         """Runs the module on a padded batch.
 
         Args:
           padded: [T, B, I] ([B, T, I] if batch_first).
-          lengths: optional [B] ints in 1..T, any order (CPU); None runs the padded tensor as is.
+          lengths: optional [B] ints in 1..T, any order; None runs the padded tensor as is.
           hx: optional initial state [L*D, B, H] (LSTM: a tuple (h_0, c_0)).
 
         Returns:
@@ -66,7 +48,7 @@ class PackedRecurrent(torch.nn.Module):
             return self.rnn(padded, hx)
         batch_first = self.rnn.batch_first
         total_length = padded.shape[1 if batch_first else 0]
-        lengths = torch.as_tensor(lengths, dtype=torch.int64).cpu()
+        lengths = torch.as_tensor(lengths, dtype=torch.int64).cpu()  # packing wants CPU lengths
         packed = pack_padded_sequence(padded, lengths, batch_first=batch_first,
                                       enforce_sorted=False)
         packed_output, h_n = self.rnn(packed, hx)
@@ -75,19 +57,19 @@ class PackedRecurrent(torch.nn.Module):
         return output, h_n
 
 
-def PackedRNN(input_size, hidden_size, nonlinearity="tanh", **kwargs) -> PackedRecurrent:
-    """`PackedRecurrent` around nn.RNN."""
-    return PackedRecurrent(f"rnn_{nonlinearity}", input_size, hidden_size, **kwargs)
+def PackedRNN(input_size: int, hidden_size: int, **kwargs) -> PackedRecurrent:
+    """`PackedRecurrent(nn.RNN(input_size, hidden_size, **kwargs))`, e.g. nonlinearity="relu"."""
+    return PackedRecurrent(torch.nn.RNN(input_size, hidden_size, **kwargs))
 
 
-def PackedLSTM(input_size, hidden_size, **kwargs) -> PackedRecurrent:
-    """`PackedRecurrent` around nn.LSTM."""
-    return PackedRecurrent("lstm", input_size, hidden_size, **kwargs)
+def PackedLSTM(input_size: int, hidden_size: int, **kwargs) -> PackedRecurrent:
+    """`PackedRecurrent(nn.LSTM(input_size, hidden_size, **kwargs))`."""
+    return PackedRecurrent(torch.nn.LSTM(input_size, hidden_size, **kwargs))
 
 
-def PackedGRU(input_size, hidden_size, **kwargs) -> PackedRecurrent:
-    """`PackedRecurrent` around nn.GRU."""
-    return PackedRecurrent("gru", input_size, hidden_size, **kwargs)
+def PackedGRU(input_size: int, hidden_size: int, **kwargs) -> PackedRecurrent:
+    """`PackedRecurrent(nn.GRU(input_size, hidden_size, **kwargs))`."""
+    return PackedRecurrent(torch.nn.GRU(input_size, hidden_size, **kwargs))
 
 
 def tutorial_part4(seed: int = 0, dtype=torch.float32) -> dict[str, np.ndarray]:

@@ -1,0 +1,1 @@
+"""Small, importable examples of extending jaxrnn (see each module's docstring)."""
