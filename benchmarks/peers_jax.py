@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import statistics
 
 import jax
 import jax.numpy as jnp
@@ -22,10 +23,11 @@ from benchmarks import workloads as wl
 # custom-VJP layers (impl="fast" fails loudly where none is registered, unlike "auto"), and K
 # training steps per jitted call (`steps_per_call`), which spreads the per-call cost (host
 # sync, dispatch, ~40 MB of fresh buffers: PERF_NOTES) over K steps. Measured on a busy 2-core
-# machine, alternating runs: W1 K=1000 ran ~1.4x K=100, and CharLM (one-hot GEMM + the fast
-# tanh-RNN layer) ~2x the tutorial port (model="tutorial-rnn") at K=100. W2 K=50 was not
-# distinguishable from K=10 there; the K of W2-W5 are to re-measure on a quiet machine
-# (`scripts/bench.py --peers jaxrnn --steps-per-call K`).
+# machine, 7 alternating rounds in one process: on W1, K=1000 ran ~1.35x K=100, and CharLM
+# (one-hot GEMM + the fast tanh-RNN layer) ~1.25x the tutorial port (model="tutorial-rnn",
+# what jaxrnn-default runs) at the same K. W2 K=50 was not distinguishable from K=10 there;
+# the K of W2-W5 are to re-measure on a quiet machine
+# (`scripts/bench.py --peers jaxrnn --workloads W2 --steps-per-call K`).
 FASTEST = {
     "W1": dict(model="charlm", steps_per_call=1000),
     "W2": dict(model="charlm", steps_per_call=20),
@@ -36,8 +38,46 @@ FASTEST = {
 FASTEST_IMPL = "fast"
 
 
+# jax.monitoring events whose durations add up to trace + lower + compile
+COMPILE_EVENTS = ("/jax/core/compile/jaxpr_trace_duration",
+                  "/jax/core/compile/jaxpr_to_mlir_module_duration",
+                  "/jax/core/compile/backend_compile_duration")
+_compile_seconds = [0.0]
+
+
+def _on_event(event: str, duration: float, **kwargs) -> None:
+    if event in COMPILE_EVENTS:
+        _compile_seconds[0] += duration
+
+
 def setup() -> str:
+    jax.monitoring.register_event_duration_secs_listener(_on_event)
     return f"jax {jax.__version__} ({jax.default_backend()}, {jax.device_count()} device)"
+
+
+def _noting_compiles(run_block):
+    """run_block, also noting the seconds JAX spent tracing and compiling in its first call.
+
+    A JAX peer's compile time is read from JAX's own events rather than from the first
+    block's time less its other steps: with K steps per call the noise of K step times on a
+    shared machine would swamp a few seconds of compilation.
+    """
+    first = []
+
+    def wrapped(n):
+        before = _compile_seconds[0]
+        losses = run_block(n)
+        if not first:
+            first.append(_compile_seconds[0] - before)
+        return losses
+
+    return wrapped, first
+
+
+def _compile_plus_first_step(result: dict, compile_s: float) -> dict:
+    """compile_s = trace + compile (JAX's events) + one step at the median rate."""
+    result["compile_s"] = compile_s + statistics.median(result["step_times"])
+    return result
 
 
 def workload_fields(w: wl.Workload) -> dict:
@@ -63,8 +103,9 @@ def jaxrnn_config(w: wl.Workload, peer: str, steps_per_call: int | None = None):
         if w.id == "W1":
             config = preset("tutorial-rnn")
             mismatched = {k: (getattr(config, k), v) for k, v in fields.items()
-                          if k not in ("init", "clip_value") and getattr(config, k) != v}
-            assert not mismatched, f"tutorial-rnn preset differs from W1: {mismatched}"
+                          if getattr(config, k) != v}
+            if mismatched:
+                raise ValueError(f"the tutorial-rnn preset is no longer W1: {mismatched}")
         else:
             config = preset("default", **fields)
         if steps_per_call:
@@ -101,9 +142,10 @@ def train_jaxrnn(workload: wl.Workload, peer: str, tokens: np.ndarray, vocab_siz
                                      f"{int(state.halted_at)}")
         return losses
 
+    run_block, compile_s = _noting_compiles(run_block)
     result = wl.measure(run_block, K, repeat, budget_s, warmup_blocks)
     result["config"] = {"model": config.model, "impl": impl, "steps_per_call": K}
-    return result
+    return _compile_plus_first_step(result, compile_s[0])
 
 
 # ---------------------------------------------------------------------------- flax
@@ -181,9 +223,10 @@ def train_flax(workload: wl.Workload, tokens: np.ndarray, vocab_size: int, *,
             step += 1
         return [float(x) for x in jax.device_get(losses)]
 
+    run_block, compile_s = _noting_compiles(run_block)
     result = wl.measure(run_block, block_steps, repeat, budget_s, warmup_blocks)
     result["config"] = {"module": f"flax.linen.RNN({cell_name})", "flax": flax.__version__}
-    return result
+    return _compile_plus_first_step(result, compile_s[0])
 
 
 # ---------------------------------------------------------------------------- sampling
@@ -213,7 +256,9 @@ def sample_jaxrnn(sampling: wl.SamplingWorkload, vocab_size: int, *, length: int
             calls += 1
         return []
 
+    run_block, compile_s = _noting_compiles(run_block)
     result = wl.measure(run_block, 1, repeat, budget_s, warmup_blocks)
     result["tokens"] = last["tokens"]
     result["config"] = {"sampler": "jaxrnn.sampling.generate (jit, lax.scan)"}
+    result["compile_s_jax"] = compile_s[0]  # trace + compile; the child adds nothing to it
     return result

@@ -11,7 +11,8 @@ A record (one per workload and peer; the JSON written by --json is a list of the
     timed repetitions), ratio_to_torch (medians), compile_s (trace + compile + first step),
     pct_peak (matmul FLOP/s as % of the measured float32 peak), peak_rss_mib (the child's),
   ok (the correctness check passed), check (what it saw), and: flops_per_step, gflops,
-  block_steps, reps, config, version, text, peak_gflops, loadavg_1m, wall_s, error.
+  block_steps, reps, config, version, text, machine, peak_gflops, loadavg_1m, wall_s, error,
+  loss_first, loss_last (training), bracket_chars_per_s (torch: its runs before and after).
 A peer that failed its check or crashed has ok = False and is marked FAIL in the table.
 """
 
@@ -20,6 +21,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import platform
 import statistics
 import subprocess
 import sys
@@ -37,6 +39,20 @@ RECORD_KEYS = ("workload", "peer", "chars_per_s_median", "chars_per_s_min", "cha
 DEFAULT_REPEAT = 10
 DEFAULT_BUDGET_S = 20.0
 DEFAULT_TIMEOUT_S = 1800.0
+
+
+def machine_info() -> str:
+    """'<CPU model>, <cores> cores, Python <version>' (Linux: the model from /proc/cpuinfo)."""
+    model = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    model = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    return f"{model}, {os.cpu_count()} cores, Python {platform.python_version()}"
 
 
 def applies(workload_id: str, peer: str) -> bool:
@@ -172,9 +188,10 @@ def run_benchmarks(workloads=wl.WORKLOAD_IDS, peers=PEERS, *, repeat: int = DEFA
             log(f"note: skipping peer {peer}: {REQUIRES[peer]} is not installed "
                 f"(pip install -e '.[torch,bench]')")
     log(f"data: {text_note}")
-    cores = os.cpu_count()
-    log(f"machine: {cores} cores, load average {os.getloadavg()[0]:.1f}"
-        + ("  (busy: timings will be noisy)" if os.getloadavg()[0] > 0.5 * cores else ""))
+    machine = machine_info()
+    load = os.getloadavg()[0]
+    log(f"machine: {machine}; load average {load:.1f}"
+        + ("  (busy: timings will be noisy)" if load > 0.5 * os.cpu_count() else ""))
 
     peak = run_child({"kind": "peak", "quick": quick}, timeout_s)
     if "error" in peak:
@@ -211,6 +228,8 @@ def run_benchmarks(workloads=wl.WORKLOAD_IDS, peers=PEERS, *, repeat: int = DEFA
             log("  " + _progress_line(workload_id, peer, result))
         workload_records = [make_record(workload_id, peer, result, peak_gflops, text_note)
                             for peer, result in results.items()]
+        for record in workload_records:
+            record["machine"] = machine
         torch_record = next((r for r in workload_records if r["peer"] == "torch"), None)
         for record in workload_records:
             if torch_record and torch_record["chars_per_s_median"] and record[
@@ -274,7 +293,7 @@ def format_notes(records: list[dict]) -> str:
             unit = "one generate call" if r["workload"] in wl.SAMPLING else "one step"
             lines.append(f"{r['workload']}: {workload.describe()}"
                          + (f"; matmul FLOPs of {unit}: {flops / 1e9:.4g} G" if flops else ""))
-        extra = []
+        extra = [r["version"]] if r.get("version") else []
         if r.get("config"):
             extra.append(", ".join(f"{k}={v}" for k, v in r["config"].items()))
         if r.get("bracket_chars_per_s"):

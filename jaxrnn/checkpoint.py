@@ -36,34 +36,6 @@ VERSION = 1
 _STEP_FILE = re.compile(r"ckpt-(\d+)\.msgpack$")
 
 
-def _fsync_dir(directory):
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def atomic_write(path: str, payload: bytes) -> None:
-    """Writes `payload` to `path` so that readers see the old file or the new one, never half."""
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=".part")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(payload)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    _fsync_dir(directory)
-
-
 def _link_atomic(target: str, link: str) -> None:
     """Points `link` at the same file as `target` (a hard link), replacing it atomically."""
     directory = os.path.dirname(os.path.abspath(link))
@@ -77,7 +49,7 @@ def _link_atomic(target: str, link: str) -> None:
             atomic_write(link, f.read())
         return
     os.replace(tmp, link)
-    _fsync_dir(directory)
+    fsync_dir(directory)
 
 
 def to_bytes(*, config_json: str, vocab_json: str, step: int, state, best_val: float,

@@ -129,6 +129,13 @@ def _flag(name: str) -> str:
     return name.replace("_", "-")
 
 
+_TUTORIAL = dict(hidden_size=100, num_layers=1, embedding_size=0, dropout=0.0, seq_len=25,
+                 batch_size=1, carry_state=False, optimizer="sgd", lr=0.01,
+                 loss_reduction="sum", clip="elementwise", clip_value=5.0, schedule="constant",
+                 warmup_steps=0, steps=20000, steps_per_call=100, log_every=500,
+                 eval_every=5000, eval_batch_size=256, sample_every=5000, sample_length=100,
+                 sample_prime="a", checkpoint_every=5000)
+
 PRESETS: dict[str, dict] = {
     # The main job: the best validation loss we measured in about 10 CPU minutes (README).
     "default": {},
@@ -142,20 +149,8 @@ PRESETS: dict[str, dict] = {
                   seq_len=128, batch_size=128, lr=2e-3, steps=20000, warmup_steps=500,
                   eval_every=1000, checkpoint_every=1000),
     # The tutorial's online loop: 25-character chunks, SGD 0.01, clip ±5, summed NLL.
-    "tutorial-rnn": dict(model="tutorial-rnn", cell="rnn", hidden_size=100, num_layers=1,
-                         embedding_size=0, dropout=0.0, seq_len=25, batch_size=1,
-                         carry_state=False, optimizer="sgd", lr=0.01, loss_reduction="sum",
-                         clip="elementwise", clip_value=5.0, schedule="constant",
-                         warmup_steps=0, steps=20000, steps_per_call=100, log_every=500,
-                         eval_every=5000, eval_batch_size=256, sample_every=5000,
-                         sample_length=100, sample_prime="a", checkpoint_every=5000),
-    "tutorial-lstm": dict(model="tutorial-lstm", cell="lstm", hidden_size=100, num_layers=1,
-                          embedding_size=0, dropout=0.0, seq_len=25, batch_size=1,
-                          carry_state=False, optimizer="sgd", lr=0.01, loss_reduction="sum",
-                          clip="elementwise", clip_value=5.0, schedule="constant",
-                          warmup_steps=0, steps=20000, steps_per_call=100, log_every=500,
-                          eval_every=5000, eval_batch_size=256, sample_every=5000,
-                          sample_length=100, sample_prime="a", checkpoint_every=5000),
+    "tutorial-rnn": dict(_TUTORIAL, model="tutorial-rnn", cell="rnn"),
+    "tutorial-lstm": dict(_TUTORIAL, model="tutorial-lstm", cell="lstm"),
 }
 
 

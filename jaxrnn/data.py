@@ -18,8 +18,6 @@ import hashlib
 import json
 import os
 import re
-import shutil
-import tempfile
 import urllib.error
 import urllib.request
 
@@ -28,6 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxrnn.errors import UserError
+from jaxrnn.fileio import atomic_write
 
 TINYSHAKESPEARE_URL = (
     "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt")
@@ -65,7 +64,7 @@ def prepare_tinyshakespeare(data_dir: str = DEFAULT_DATA_DIR, from_path: str | N
             raise UserError(f"{via}: no such file: {source}")
         _check_hash(source)
         if os.path.abspath(source) != os.path.abspath(dest):
-            _atomic_copy(source, dest)
+            atomic_write(dest, open(source, "rb").read())
         log(f"tiny-shakespeare: verified {source} -> {dest}")
         return dest
     if os.path.isfile(dest) and sha256_of(dest) == TINYSHAKESPEARE_SHA256:
@@ -85,7 +84,7 @@ def prepare_tinyshakespeare(data_dir: str = DEFAULT_DATA_DIR, from_path: str | N
     if hashlib.sha256(payload).hexdigest() != TINYSHAKESPEARE_SHA256:
         raise UserError(f"the file downloaded from {url} does not have the expected sha256 "
                         f"{TINYSHAKESPEARE_SHA256}; refusing to use it")
-    _atomic_write_bytes(dest, payload)
+    atomic_write(dest, payload)
     log(f"tiny-shakespeare: wrote {dest}")
     return dest
 
@@ -96,27 +95,6 @@ def _check_hash(path):
         raise UserError(f"{path} is not tiny-shakespeare: sha256 {got}, expected "
                         f"{TINYSHAKESPEARE_SHA256}. To train on your own text, pass it to "
                         f"train.py with --data instead.")
-
-
-def _atomic_write_bytes(path, payload: bytes):
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(payload)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def _atomic_copy(source, dest):
-    with open(source, "rb") as f:
-        _atomic_write_bytes(dest, f.read())
 
 
 # ---------------------------------------------------------------------------- reading text
@@ -221,7 +199,7 @@ class Vocab:
         return cls(tuple(chars))
 
     def save(self, path: str) -> None:
-        _atomic_write_bytes(path, self.to_json().encode("utf-8"))
+        atomic_write(path, self.to_json().encode("utf-8"))
 
     @classmethod
     def load(cls, path: str) -> "Vocab":

@@ -1,31 +1,35 @@
 """Fast unmasked layers: hand-written backward passes for the built-in cells.
 
-`Recurrent(impl="auto" | "fast")` uses these when it runs without `lengths`; they compute
-exactly what `jaxrnn.engine.run_direction` computes (tests/test_fast.py checks both against
-`torch.nn.LSTM/GRU/RNN` to ~1e-10 in float64), only faster on CPU. Each layer is
+`Recurrent(impl="auto" | "fast")` uses these when it runs without `lengths` (importing jaxrnn
+registers them); they compute what `jaxrnn.engine.run_direction` computes (tests/test_fast.py
+checks both against torch.nn.LSTM / GRU / RNN to 1e-10 in float64), faster on CPU.
+One direction of one layer is
 
-  slab = xs @ W_ih^T + b                  one GEMM over all T*B inputs, plain JAX autodiff
-  ys, carry_T = recurrence(W_hh, slab)    a `jax.custom_vjp` scan
+  slab = xs @ W_ih^T + b                    one GEMM over all T*B rows (`project`); JAX's
+                                            autodiff gives dW_ih, db and dxs as GEMMs too
+  ys, carry_T = recurrence(W_hh, slab, ..)  a `jax.custom_vjp` scan (`run_slab`)
 
-and the custom VJP of the recurrence is where the time goes (measurements in
-scripts/profile_engine.py and /work/shared/PERF_NOTES.md):
-  forward   the slab is split per gate *before* the loop (slicing a [B, G*H] slab inside the
-            body is about 2x slower on XLA:CPU) and the scan stacks only h (and c for LSTM);
-  backward  the gates are recomputed after the loop from the stacked states with one big GEMM,
-            every gate derivative that does not depend on the incoming gradient is folded into
-            per-step coefficients outside the loop, so the backward body is one
-            [B, G*H] x [G*H, H] matmul plus a few multiplies; it stacks only the gate
-            gradients da, and dW_hh = sum_t da_t^T h_{t-1} is one GEMM after the loop.
-dW_ih, db and dX come from JAX's autodiff of the projection, which is also one GEMM each.
+What the custom VJP does, and why (numbers in scripts/profile_engine.py, PERF_NOTES.md):
+  forward   the slab is split per gate *before* the loop: slicing a [B, G*H] slab of it
+            inside the body is about 2x slower on XLA:CPU. Under `grad` the loop stacks h,
+            c and the activated gates; without `grad` it stacks only h. Stacking the gates
+            beat recomputing them after the loop with one GEMM by 10-13% of a layer's
+            forward+backward (LSTM at W2, W3 and W4 sizes).
+  backward  every factor of the gate derivatives that does not depend on the incoming
+            gradient is computed before the loop, vectorised over T*B, so the body is one
+            [B, G*H] x [G*H, H] matmul and a few multiplies; it stacks the gate gradients
+            da (LSTM) or dh (GRU), and dW_hh = sum_t da_t^T h_{t-1} is one GEMM after it.
+  GEMMs     the big ones are written on [T*B, K] matrices (`_matmul_all`, `_outer_sum`).
 
-Notation (PyTorch's, see jaxrnn.cells): a = pre-activations of the gates, [B, G*H] per step;
-h_{t-1} is the state the step at t reads (h_{t+1} when running in reverse).
+Notation (PyTorch's, see jaxrnn.cells): a = the gates' pre-activations; h_{t-1} is the state
+the step at t reads (h_{t+1} when running in reverse); G = 4 (LSTM), 3 (GRU), 1 (Elman).
 
-The recurrences take the projected slab rather than xs so that a caller can feed a slab made
-some other way (e.g. a gather from a projected embedding table for token ids).
+The recurrences take the slab, not xs, so that layer 0 can be fed token ids without the
+projection GEMM: `embedding_slab` gathers rows of the projected embedding table, with a
+one-hot GEMM as its backward (`gather_rows`).
 
-`jax.custom_vjp` functions support reverse-mode only: `jax.grad`, `jax.vjp`, `jit` and `vmap`
-compose with them, `jax.jvp` / forward-mode Hessians do not (use impl="reference" for those).
+`jax.custom_vjp` is reverse-mode only: `grad`, `vjp`, `jit` and `vmap` compose with these
+layers; `jax.jvp` and forward-over-reverse Hessians do not (use impl="reference" for those).
 """
 
 from __future__ import annotations
@@ -57,7 +61,7 @@ def _row(vector, ndim):
 
 def _project(xs, weight_ih, bias):
     """xs [T, B, I] -> [T, B, G*H] = xs @ W_ih^T + bias (bias [G*H] or None)."""
-    slab = jnp.einsum("tbi,gi->tbg", xs, weight_ih)
+    slab = _matmul_all(xs, weight_ih.T)
     return slab if bias is None else slab + _row(bias, 3)
 
 
@@ -72,14 +76,19 @@ def _final(states, reverse):
     return states[0] if reverse else states[-1]
 
 
+# The big GEMMs are written on [T*B, K] matrices: `jnp.einsum` over (t, b) made XLA:CPU copy
+# both operands into a transposed layout first, 1.5x slower at W3 (scripts/profile_engine.py).
+
+
 def _matmul_all(a, b):
-    """[T, B, K] @ [K, N] as one GEMM over all T*B rows."""
-    return jnp.einsum("tbk,kn->tbn", a, b)
+    """[T, B, K] @ [K, N] -> [T, B, N], one GEMM over all T*B rows."""
+    steps, batch, k = a.shape
+    return (a.reshape(steps * batch, k) @ b).reshape(steps, batch, b.shape[-1])
 
 
 def _outer_sum(da, inputs):
     """sum_t da_t^T @ inputs_t: [T, B, G] x [T, B, K] -> [G, K], one GEMM."""
-    return jnp.einsum("tbg,tbk->gk", da, inputs)
+    return da.reshape(-1, da.shape[-1]).T @ inputs.reshape(-1, inputs.shape[-1])
 
 
 # ------------------------------------------------------------------------------- LSTM
@@ -99,13 +108,16 @@ def lstm_recurrence(weight_hh, slab, h0, c0, reverse=False, unroll=UNROLL):
     Returns:
       (hs <float>[T, B, H], h_T, c_T).
     """
-    hs, cs = _lstm_forward(weight_hh, slab, h0, c0, reverse, unroll)
-    return hs, _final(hs, reverse), _final(cs, reverse)
+    (h_t, c_t), hs = _lstm_scan(weight_hh, slab, h0, c0, reverse, unroll, stack_all=False)
+    return hs, h_t, c_t
 
 
-def _lstm_forward(weight_hh, slab, h0, c0, reverse, unroll):
+def _lstm_scan(weight_hh, slab, h0, c0, reverse, unroll, stack_all):
+    """The forward loop; stacks h, and with stack_all also c and the gates (for the VJP)."""
     w_t = weight_hh.T  # [H, 4H]
-    xi, xf, xg, xo = _split(slab, 4)  # per gate, outside the loop
+    # Per gate, outside the loop: slicing a [B, 4H] slab of the input inside the body is
+    # about 2x slower on XLA:CPU (PERF_NOTES).
+    x_gates = _split(slab, 4)
 
     def body(carry, x):
         h, c = carry
@@ -116,77 +128,47 @@ def _lstm_forward(weight_hh, slab, h0, c0, reverse, unroll):
         o = jax.nn.sigmoid(x[3] + a_o)
         c = f * c + i * g
         h = o * jnp.tanh(c)
-        return (h, c), (h, c)
+        # Stacking the gates here beat recomputing them after the loop with one GEMM
+        # (10-13% of a layer's forward+backward at W2, W3 and W4).
+        return (h, c), ((h, c, i, f, g, o) if stack_all else h)
 
-    _, (hs, cs) = jax.lax.scan(body, (h0, c0), (xi, xf, xg, xo), reverse=reverse,
-                               unroll=unroll)
-    return hs, cs
+    return jax.lax.scan(body, (h0, c0), x_gates, reverse=reverse, unroll=unroll)
 
 
 def _lstm_fwd(weight_hh, slab, h0, c0, reverse, unroll):
-    hs, cs = _lstm_forward(weight_hh, slab, h0, c0, reverse, unroll)
-    out = (hs, _final(hs, reverse), _final(cs, reverse))
-    return out, (weight_hh, slab, h0, c0, hs, cs)
+    (h_t, c_t), stacked = _lstm_scan(weight_hh, slab, h0, c0, reverse, unroll, stack_all=True)
+    hs = stacked[0]
+    return (hs, h_t, c_t), (weight_hh, h0, c0, stacked)
 
 
 def _lstm_bwd(reverse, unroll, residuals, cotangents):
-    weight_hh, slab, h0, c0, hs, cs = residuals
+    weight_hh, h0, c0, (hs, cs, i, f, g, o) = residuals
     d_hs, d_h_last, d_c_last = cotangents
-    h_prev = _previous(hs, h0, reverse)  # [T, B, H]
     c_prev = _previous(cs, c0, reverse)
-    # Recompute the gates with one GEMM instead of stacking them in the forward loop.
-    a_i, a_f, a_g, a_o = _split(slab + _matmul_all(h_prev, weight_hh.T), 4)
-    i, f, o = jax.nn.sigmoid(a_i), jax.nn.sigmoid(a_f), jax.nn.sigmoid(a_o)
-    g = jnp.tanh(a_g)
     tanh_c = jnp.tanh(cs)
-    # Everything that does not depend on the incoming gradient, folded outside the loop:
-    #   dc_t  = dc + dh * o (1 - tanh(c)^2)
+    # Everything that does not depend on the incoming gradient is folded outside the loop:
+    #   dc_t = dc + dh o (1 - tanh(c)^2)
     #   da_i = dc_t g i (1-i),  da_f = dc_t c_prev f (1-f),  da_g = dc_t i (1-g^2),
-    #   da_o = dh tanh(c) o (1-o);  dc_prev = dc_t f;  dh_prev = da @ W_hh
+    #   da_o = dh tanh(c) o (1-o);   dc_prev = dc_t f;   dh_prev = da @ W_hh
     coef_dc = o * (1.0 - tanh_c * tanh_c)
-    coef_i = g * i * (1.0 - i)
-    coef_f = c_prev * f * (1.0 - f)
-    coef_g = i * (1.0 - g * g)
-    coef_o = tanh_c * o * (1.0 - o)
+    coef_gates = jnp.concatenate([g * i * (1.0 - i), c_prev * f * (1.0 - f), i * (1.0 - g * g),
+                                  tanh_c * o * (1.0 - o)], axis=-1)  # [T, B, 4H]
 
     def body(carry, step):
         dh, dc = carry
-        dy, k_dc, k_i, k_f, k_g, k_o, f_t = step
+        dy, k_dc, k_gates, f_t = step
         dh = dh + dy
         dc = dc + dh * k_dc
-        da = jnp.concatenate([dc * k_i, dc * k_f, dc * k_g, dh * k_o], axis=-1)  # [B, 4H]
+        da = jnp.concatenate([dc, dc, dc, dh], axis=-1) * k_gates  # [B, 4H]
         return (da @ weight_hh, dc * f_t), da
 
-    (dh0, dc0), da = jax.lax.scan(
-        body, (d_h_last, d_c_last), (d_hs, coef_dc, coef_i, coef_f, coef_g, coef_o, f),
-        reverse=not reverse, unroll=unroll)
-    d_weight_hh = _outer_sum(da, h_prev)
+    (dh0, dc0), da = jax.lax.scan(body, (d_h_last, d_c_last), (d_hs, coef_dc, coef_gates, f),
+                                  reverse=not reverse, unroll=unroll)
+    d_weight_hh = _outer_sum(da, _previous(hs, h0, reverse))
     return d_weight_hh, da, dh0, dc0
 
 
 lstm_recurrence.defvjp(_lstm_fwd, _lstm_bwd)
-
-
-def lstm_layer(params, xs, carry0, reverse=False, *, unroll=UNROLL):
-    """One unmasked LSTM direction: `run_direction(LSTM, ...)` with a custom VJP.
-
-    Args:
-      params: dict with weight_ih <float>[4H, I], weight_hh <float>[4H, H] and optionally
-        bias_ih, bias_hh <float>[4H].
-      xs: <float>[T, B, I].
-      carry0: (h0, c0), each <float>[B, H].
-      reverse: run from t = T-1 down to 0.
-
-    Returns:
-      (ys <float>[T, B, H], (h_T, c_T)).
-    """
-    bias = None
-    if "bias_ih" in params:
-        bias = params["bias_ih"] + params["bias_hh"]
-    slab = _project(xs, params["weight_ih"], bias)
-    h0, c0 = carry0
-    hs, h_t, c_t = lstm_recurrence(params["weight_hh"], slab, h0, c0, reverse, unroll)
-    return hs, (h_t, c_t)
 
 
 # ------------------------------------------------------------------------------- GRU
@@ -205,13 +187,14 @@ def gru_recurrence(weight_hh, bias_hn, slab, h0, reverse=False, unroll=UNROLL):
     Returns:
       (hs <float>[T, B, H], h_T).
     """
-    hs = _gru_forward(weight_hh, bias_hn, slab, h0, reverse, unroll)
-    return hs, _final(hs, reverse)
+    h_t, hs = _gru_scan(weight_hh, bias_hn, slab, h0, reverse, unroll, stack_all=False)
+    return hs, h_t
 
 
-def _gru_forward(weight_hh, bias_hn, slab, h0, reverse, unroll):
+def _gru_scan(weight_hh, bias_hn, slab, h0, reverse, unroll, stack_all):
+    """The forward loop; stacks h, and with stack_all also r, z, n and W_hn h + b_hn."""
     w_t = weight_hh.T  # [H, 3H]
-    xr, xz, xn = _split(slab, 3)
+    x_gates = _split(slab, 3)
 
     def body(h, x):
         a_r, a_z, a_n = _split(h @ w_t, 3)
@@ -220,37 +203,27 @@ def _gru_forward(weight_hh, bias_hn, slab, h0, reverse, unroll):
         r = jax.nn.sigmoid(x[0] + a_r)
         z = jax.nn.sigmoid(x[1] + a_z)
         n = jnp.tanh(x[2] + r * a_n)
-        h = n + z * (h - n)
-        return h, h
+        h = n + z * (h - n)  # (1 - z) n + z h
+        return h, ((h, r, z, n, a_n) if stack_all else h)
 
-    _, hs = jax.lax.scan(body, h0, (xr, xz, xn), reverse=reverse, unroll=unroll)
-    return hs
+    return jax.lax.scan(body, h0, x_gates, reverse=reverse, unroll=unroll)
 
 
 def _gru_fwd(weight_hh, bias_hn, slab, h0, reverse, unroll):
-    hs = _gru_forward(weight_hh, bias_hn, slab, h0, reverse, unroll)
-    return (hs, _final(hs, reverse)), (weight_hh, bias_hn, slab, h0, hs)
+    h_t, stacked = _gru_scan(weight_hh, bias_hn, slab, h0, reverse, unroll, stack_all=True)
+    return (stacked[0], h_t), (weight_hh, bias_hn, h0, stacked)
 
 
 def _gru_bwd(reverse, unroll, residuals, cotangents):
-    weight_hh, bias_hn, slab, h0, hs = residuals
+    weight_hh, bias_hn, h0, (hs, r, z, n, a_n) = residuals
     d_hs, d_h_last = cotangents
     h_prev = _previous(hs, h0, reverse)
-    x_r, x_z, x_n = _split(slab, 3)
-    a_r, a_z, a_n = _split(_matmul_all(h_prev, weight_hh.T), 3)
-    if bias_hn is not None:
-        a_n = a_n + _row(bias_hn, 3)
-    r = jax.nn.sigmoid(x_r + a_r)
-    z = jax.nn.sigmoid(x_z + a_z)
-    n = jnp.tanh(x_n + r * a_n)
     # With h = n + z (h_prev - n) and dh the total gradient into h_t:
     #   dn_pre = dh (1-z)(1-n^2),  dz_pre = dh (h_prev - n) z (1-z),  dr_pre = dn_pre a_n r (1-r)
     #   d(W_hn h + b_hn) = dn_pre r,  dh_prev = dh z + [dr_pre, dz_pre, dn_pre r] @ W_hh
     coef_n = (1.0 - z) * (1.0 - n * n)
-    coef_z = (h_prev - n) * z * (1.0 - z)
-    coef_r = coef_n * a_n * r * (1.0 - r)
-    coef_hn = coef_n * r
-    coef_h = jnp.concatenate([coef_r, coef_z, coef_hn], axis=-1)  # [T, B, 3H]
+    coef_h = jnp.concatenate([coef_n * a_n * r * (1.0 - r), (h_prev - n) * z * (1.0 - z),
+                              coef_n * r], axis=-1)  # [T, B, 3H]
 
     def body(dh, step):
         dy, k_h, z_t = step
@@ -261,38 +234,14 @@ def _gru_bwd(reverse, unroll, residuals, cotangents):
     dh0, dh_total = jax.lax.scan(body, d_h_last, (d_hs, coef_h, z), reverse=not reverse,
                                  unroll=unroll)
     da_h = jnp.concatenate([dh_total, dh_total, dh_total], axis=-1) * coef_h
+    hidden = coef_n.shape[-1]
     d_weight_hh = _outer_sum(da_h, h_prev)
-    d_slab = jnp.concatenate([da_h[..., :-coef_n.shape[-1]], dh_total * coef_n], axis=-1)
-    d_bias_hn = None if bias_hn is None else jnp.sum(da_h[..., -coef_n.shape[-1]:], axis=(0, 1))
+    d_slab = jnp.concatenate([da_h[..., :2 * hidden], dh_total * coef_n], axis=-1)
+    d_bias_hn = None if bias_hn is None else jnp.sum(da_h[..., 2 * hidden:], axis=(0, 1))
     return d_weight_hh, d_bias_hn, d_slab, dh0
 
 
 gru_recurrence.defvjp(_gru_fwd, _gru_bwd)
-
-
-def gru_layer(params, xs, carry0, reverse=False, *, unroll=UNROLL):
-    """One unmasked GRU direction: `run_direction(GRU, ...)` with a custom VJP.
-
-    Args:
-      params: dict with weight_ih <float>[3H, I], weight_hh <float>[3H, H] and optionally
-        bias_ih, bias_hh <float>[3H].
-      xs: <float>[T, B, I].
-      carry0: h0 <float>[B, H].
-
-    Returns:
-      (ys <float>[T, B, H], h_T).
-    """
-    bias, bias_hn = None, None
-    if "bias_ih" in params:
-        hidden = params["weight_hh"].shape[-1]
-        b_hh = params["bias_hh"]
-        # b_hr and b_hz join the projection; b_hn stays inside r * (...).
-        bias = params["bias_ih"] + jnp.concatenate([b_hh[:2 * hidden],
-                                                    jnp.zeros_like(b_hh[2 * hidden:])])
-        bias_hn = b_hh[2 * hidden:]
-    slab = _project(xs, params["weight_ih"], bias)
-    hs, h_t = gru_recurrence(params["weight_hh"], bias_hn, slab, carry0, reverse, unroll)
-    return hs, h_t
 
 
 # ------------------------------------------------------------------------------- Elman RNN
@@ -341,20 +290,120 @@ rnn_relu_recurrence = _make_rnn_recurrence(
     jax.nn.relu, lambda h: (h > 0).astype(h.dtype))
 
 
-def _rnn_layer(recurrence):
-    def layer(params, xs, carry0, reverse=False, *, unroll=UNROLL):
-        bias = None
-        if "bias_ih" in params:
-            bias = params["bias_ih"] + params["bias_hh"]
-        slab = _project(xs, params["weight_ih"], bias)
-        return recurrence(params["weight_hh"], slab, carry0, reverse, unroll)
+# ------------------------------------------------------------------------------- layers
+#
+# A layer is  slab = (input projection) + per-cell bias,  then the cell's recurrence on the slab.
+# The slab is also what a caller that does not hold xs can build, e.g. from token ids:
+# `embedding_slab` gathers rows of a projected embedding table instead of running the
+# [T*B, I] x [I, G*H] projection GEMM.
 
-    layer.__doc__ = """One unmasked Elman RNN direction with a custom VJP (see `lstm_layer`)."""
+
+def slab_bias(mode, params):
+    """The bias folded into the slab: b_ih + b_hh, except GRU's b_hn, which stays in the loop."""
+    if "bias_ih" not in params:
+        return None
+    if mode != "gru":
+        return params["bias_ih"] + params["bias_hh"]
+    hidden = params["weight_hh"].shape[-1]
+    b_hh = params["bias_hh"]
+    return params["bias_ih"] + jnp.concatenate([b_hh[:2 * hidden],
+                                                jnp.zeros_like(b_hh[2 * hidden:])])
+
+
+def project(mode, params, xs):
+    """<float>[T, B, I] -> the slab <float>[T, B, G*H] = xs @ W_ih^T + slab_bias."""
+    return _project(xs, params["weight_ih"], slab_bias(mode, params))
+
+
+@jax.custom_vjp
+def gather_rows(table, ids):
+    """table[ids]: <float>[V, N], <int>[...] -> <float>[..., N].
+
+    Its VJP is the one-hot GEMM one_hot(ids)^T @ d_out ([V, T*B] x [T*B, N]) rather than the
+    scatter-add of `jnp.take`'s VJP, which is slower on XLA:CPU (PERF_NOTES).
+    """
+    return jnp.take(table, ids, axis=0)
+
+
+def _gather_rows_fwd(table, ids):
+    return gather_rows(table, ids), (ids, table.shape[0])
+
+
+def _gather_rows_bwd(residuals, d_out):
+    ids, vocab_size = residuals
+    one_hot = jax.nn.one_hot(ids.reshape(-1), vocab_size, dtype=d_out.dtype)  # [T*B, V]
+    d_table = one_hot.T @ d_out.reshape(-1, d_out.shape[-1])
+    return d_table, None
+
+
+gather_rows.defvjp(_gather_rows_fwd, _gather_rows_bwd)
+
+
+def embedding_slab(mode, params, ids, table=None):
+    """The layer-0 slab for token ids: equal to `project(mode, params, table[ids])`.
+
+    Args:
+      params: the layer's parameter dict (weight_ih <float>[G*H, D]).
+      ids: <int>[T, B] token ids in [0, V).
+      table: <float>[V, D] embedding table, or None for one-hot inputs (D = V).
+
+    Returns:
+      <float>[T, B, G*H]: rows of the projected table (table @ W_ih^T + bias, [V, G*H], one
+      small GEMM) gathered by id, so no [T*B, D] x [D, G*H] GEMM runs; the backward is a
+      [V, T*B] x [T*B, G*H] one-hot GEMM (`gather_rows`).
+    """
+    projected = params["weight_ih"].T if table is None else table @ params["weight_ih"].T
+    bias = slab_bias(mode, params)
+    if bias is not None:
+        projected = projected + _row(bias, 2)
+    return gather_rows(projected, ids)
+
+
+def run_slab(mode, params, slab, carry0, reverse=False, *, unroll=UNROLL):
+    """Runs one direction's recurrence on a slab from `project` or `embedding_slab`.
+
+    Returns:
+      (ys <float>[T, B, H], carry_T), carry as in `jaxrnn.engine.run_direction`.
+    """
+    weight_hh = params["weight_hh"]
+    if mode == "lstm":
+        h0, c0 = carry0
+        hs, h_t, c_t = lstm_recurrence(weight_hh, slab, h0, c0, reverse, unroll)
+        return hs, (h_t, c_t)
+    if mode == "gru":
+        bias_hn = None
+        if "bias_hh" in params:
+            bias_hn = params["bias_hh"][2 * weight_hh.shape[-1]:]
+        return gru_recurrence(weight_hh, bias_hn, slab, carry0, reverse, unroll)
+    recurrence = {"rnn_tanh": rnn_tanh_recurrence, "rnn_relu": rnn_relu_recurrence}[mode]
+    return recurrence(weight_hh, slab, carry0, reverse, unroll)
+
+
+def _layer(mode):
+    def layer(params, xs, carry0, reverse=False, *, unroll=UNROLL):
+        return run_slab(mode, params, project(mode, params, xs), carry0, reverse, unroll=unroll)
+
+    layer.__name__ = f"{mode}_layer"
+    layer.__doc__ = f"""One unmasked {mode} direction: `run_direction` with a custom VJP.
+
+    Args:
+      params: dict with weight_ih <float>[G*H, I], weight_hh <float>[G*H, H] and optionally
+        bias_ih, bias_hh <float>[G*H] (PyTorch layout).
+      xs: <float>[T, B, I].
+      carry0: h0 <float>[B, H] ((h0, c0) for LSTM).
+      reverse: run from t = T-1 down to 0 (outputs stay in time order).
+      unroll: `lax.scan` unroll of both loops.
+
+    Returns:
+      (ys <float>[T, B, H], carry_T).
+    """
     return layer
 
 
-rnn_tanh_layer = _rnn_layer(rnn_tanh_recurrence)
-rnn_relu_layer = _rnn_layer(rnn_relu_recurrence)
+lstm_layer = _layer("lstm")
+gru_layer = _layer("gru")
+rnn_tanh_layer = _layer("rnn_tanh")
+rnn_relu_layer = _layer("rnn_relu")
 
 LAYERS = {"lstm": lstm_layer, "gru": gru_layer, "rnn_tanh": rnn_tanh_layer,
           "rnn_relu": rnn_relu_layer}

@@ -3,7 +3,8 @@
   python scripts/parity.py [--cell lstm|gru|rnn|rnn_relu] [--num-layers L]
       [--optimizer sgd|adam|rmsprop] [--clip none|elementwise|norm] [--dtype float64|float32]
       [--steps N] [--seed S] [--data PATH] [--report-every N] [--threshold X]
-      [--argmax-sample N] [--init-in jax|torch] [--all] [--preset NAME] [any config flag]
+      [--argmax-sample N] [--sensitivity] [--init-in jax|torch] [--all] [--preset NAME]
+      [any config flag]
 
 The JAX side is jaxrnn's own training code (Trainer.jit_train_chunk: train_step in a lax.scan,
 batches from get_batch); the torch side is torch_baselines.charlm.TorchTrainer on the same
@@ -13,7 +14,9 @@ clip mode; every field of jaxrnn.config.Config is a flag. Without --data the tex
 tiny-shakespeare if this machine has it, else a built-in text; the first line says which.
 
 Prints a line every --report-every steps (step, JAX loss, torch loss, |difference|) and ends
-with one JSON line of figures. --all runs every cell x optimiser x clip mode (those not given
+with one JSON line of figures. --sensitivity adds self_sensitivity: how far jaxrnn's own loss
+moves when its initial weights move by at most one ulp, the floor for any cross-framework
+agreement (see torch_baselines.charlm.run_parity). --all runs every cell x optimiser x clip mode (those not given
 on the command line) and prints one row and one JSON line per combination, then a summary
 JSON line. Exits with 1 when a loss difference exceeds the threshold (default 1e-9 in
 float64, 1e-4 in float32) or greedy samples differ.
@@ -50,6 +53,9 @@ def main(argv=None):
                         help="largest allowed |loss difference| (default by dtype)")
     parser.add_argument("--argmax-sample", type=int, default=0, metavar="N",
                         help="also sample N characters greedily in both; must be identical")
+    parser.add_argument("--sensitivity", action="store_true",
+                        help="also train jaxrnn from weights moved by <= 1 ulp and report how "
+                             "far its own loss moves (self_sensitivity)")
     parser.add_argument("--init-in", choices=("jax", "torch"), default="jax",
                         help="the framework that makes the initial weights")
     parser.add_argument("--all", action="store_true",
@@ -70,7 +76,8 @@ def main(argv=None):
     if not args.all:
         config = charlm.parity_config(args.preset, **given)
         result = charlm.run_parity(config, text, init_in=args.init_in,
-                                   argmax_sample=args.argmax_sample, threshold=args.threshold)
+                                   argmax_sample=args.argmax_sample, threshold=args.threshold,
+                                   sensitivity=args.sensitivity)
         every = args.report_every or max(1, config.steps // 10)
         print(f"{'step':>6} {'jax loss':>20} {'torch loss':>20} {'|diff|':>10}")
         for step, (a, b) in enumerate(zip(result.jax_losses, result.torch_losses), 1):
@@ -86,16 +93,19 @@ def main(argv=None):
     axes = {"cell": CELLS, "optimizer": OPTIMIZERS, "clip": CLIPS}
     axes = {name: [given.pop(name)] if name in given else values
             for name, values in axes.items()}
-    print(HEADER, flush=True)
+    print(HEADER + (f" {'self-sens.':>12}" if args.sensitivity else ""), flush=True)
     summaries = []
     for cell, optimizer, clip in itertools.product(*axes.values()):
         config = charlm.parity_config(args.preset, cell=cell, optimizer=optimizer, clip=clip,
                                       **given)
         result = charlm.run_parity(config, text, init_in=args.init_in,
-                                   argmax_sample=args.argmax_sample, threshold=args.threshold)
+                                   argmax_sample=args.argmax_sample, threshold=args.threshold,
+                                   sensitivity=args.sensitivity)
         summary = result.summary
         summaries.append(summary)
-        print(ROW.format(**summary, verdict="ok" if summary["passed"] else "FAIL"), flush=True)
+        print(ROW.format(**summary, verdict="ok" if summary["passed"] else "FAIL")
+              + (f" {summary['self_sensitivity']:>12.3e}" if args.sensitivity else ""),
+              flush=True)
         print(json.dumps({**summary, "data": source}), flush=True)
     failed = [f"{s['cell']}/{s['optimizer']}/{s['clip']}" for s in summaries if not s["passed"]]
     print(json.dumps({

@@ -3,9 +3,10 @@ speed baseline.
 
 Depends on torch and numpy. jaxrnn is imported only inside the functions that need it: the
 weight conversions (`charlm_to_torch`, `charlm_from_torch`), the data side of `train_torch`
-(text, vocabulary, split, batches and evaluation windows come from `jaxrnn.data` and
-`jaxrnn.train.Trainer.get_batch` as NumPy, so both frameworks see the same characters in the
-same order) and `run_parity`, which runs both frameworks side by side.
+and `evaluate` (text, vocabulary, split, batches and evaluation windows come from `jaxrnn.data`
+and `jaxrnn.train.Trainer.get_batch` as NumPy, so both frameworks see the same characters in
+the same order) and the parity helpers (`run_parity`, which runs both frameworks side by side,
+`parity_config`, `parity_corpus`).
 
 What must agree with jaxrnn (`jaxrnn.model.CharLM`, `jaxrnn.train`), and how it is made to:
   model      embedding [V, E] (or one-hot) -> nn.LSTM / nn.GRU / nn.RNN with dropout between
@@ -711,7 +712,7 @@ def _max_abs_diff(a: dict, b: dict) -> float:
 
 
 def run_parity(config, text: str, *, init_in: str = "jax", argmax_sample: int = 0,
-               threshold: float | None = None) -> ParityResult:
+               threshold: float | None = None, sensitivity: bool = False) -> ParityResult:
     """Trains jaxrnn and TorchCharLM side by side from equal weights on equal batches.
 
     The JAX side is jaxrnn's own training code: `Trainer.jit_train_chunk` (its `train_step`
@@ -721,6 +722,13 @@ def run_parity(config, text: str, *, init_in: str = "jax", argmax_sample: int = 
     norm and learning rate of every step, and the parameters and carried state at the end.
     With argmax_sample > 0, both frameworks sample that many characters greedily from the JAX
     run's final weights (converted), which must give the same text.
+
+    With sensitivity=True, jaxrnn also trains from the same weights moved by at most one ulp
+    (a random half of the elements to the next float up), and summary["self_sensitivity"] is
+    the largest loss difference between its two runs: how far rounding alone moves this
+    training trajectory. No two implementations that round differently can be expected to
+    agree much better than that (a float32 ReLU RNN under Adam, for one, is chaotic enough
+    that ulps grow to 1e-2 in 200 steps).
 
     Returns a ParityResult; summary["passed"] is whether the largest loss difference is within
     `threshold` (default PARITY_THRESHOLD[dtype]) and the samples agree.
@@ -771,6 +779,14 @@ def run_parity(config, text: str, *, init_in: str = "jax", argmax_sample: int = 
             torch_halted_at = torch_trainer.step
             break
 
+    if sensitivity:  # made before the call below donates `state`
+        rng = np.random.default_rng(config.seed)
+        bumped = jax.tree.map(lambda p: np.where(rng.random(p.shape) < 0.5,
+                                                 np.nextafter(np.asarray(p), np.inf),
+                                                 np.asarray(p)), state.params)
+        bumped_state = jax.tree.map(jnp.array, state._replace(
+            params=bumped, opt_state=trainer.optimizer.init(bumped)))
+
     # jax: the real training code, all steps in one jitted call (the state is donated)
     state, metrics = trainer.jit_train_chunk(state, device_tokens, steps)
     metrics = jax.device_get(metrics)
@@ -808,6 +824,10 @@ def run_parity(config, text: str, *, init_in: str = "jax", argmax_sample: int = 
         "halted_at": {"jax": int(state.halted_at), "torch": torch_halted_at},
         "threshold": threshold,
     }
+    if sensitivity:
+        _, bumped_metrics = trainer.jit_train_chunk(bumped_state, device_tokens, steps)
+        summary["self_sensitivity"] = _largest(np.abs(
+            np.asarray(bumped_metrics["loss"], np.float64) - metrics["loss"]))
     passed = bool(summary["max_abs_loss_diff"] <= threshold) and \
         summary["halted_at"] == {"jax": -1, "torch": -1}
     if argmax_sample:
