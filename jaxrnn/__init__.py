@@ -3,7 +3,7 @@
 from jaxrnn.cells import CELLS, GRU, LSTM, RNN_RELU, RNN_TANH, Cell, get_cell
 from jaxrnn.engine import Recurrent, register_fast_layer, run_direction
 from jaxrnn.packing import last_valid, pad_sequences, sequence_mask
-from jaxrnn import fast  # noqa: E402  registers the custom-VJP layers (impl="auto"/"fast")
+from jaxrnn import fast  # registers the custom-VJP layers that impl="auto" / "fast" use
 
 __all__ = [
     "CELLS", "GRU", "LSTM", "RNN_RELU", "RNN_TANH", "Cell", "get_cell",

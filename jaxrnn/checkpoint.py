@@ -22,7 +22,6 @@ import glob
 import json
 import os
 import re
-import tempfile
 import warnings
 
 import jax
@@ -30,6 +29,7 @@ import numpy as np
 from flax import serialization
 
 from jaxrnn.errors import JaxrnnWarning, UserError
+from jaxrnn.fileio import atomic_write, fsync_dir
 
 FORMAT = "jaxrnn-checkpoint"
 VERSION = 1

@@ -25,7 +25,7 @@ class Config:
     # model
     model: str = "charlm"          # charlm | tutorial-rnn | tutorial-lstm (the tutorial's ports)
     cell: str = "lstm"             # lstm | gru | rnn (tanh) | rnn_relu
-    hidden_size: int = 512
+    hidden_size: int = 256
     num_layers: int = 2
     embedding_size: int = 64       # 0: one-hot input, as char-rnn and the tutorial
     dropout: float = 0.1           # between layers and before the head
@@ -36,7 +36,7 @@ class Config:
     batch_mode: str = "streams"    # streams (char-rnn, state carried) | random (nanoGPT)
     carry_state: bool = True       # streams: carry the hidden state across windows
     seq_len: int = 100
-    batch_size: int = 32
+    batch_size: int = 64
     # optimisation
     optimizer: str = "adam"        # adam | rmsprop | sgd
     lr: float = 3e-3
@@ -50,11 +50,11 @@ class Config:
     lr_decay: float = 0.97         # char-rnn: multiply lr by this every epoch ...
     lr_decay_after: int = 10       # ... from this epoch on
     # run
-    steps: int = 2000
+    steps: int = 1500
     minutes: float = 0.0           # > 0: also stop after this many minutes of training
     steps_per_call: int = 10       # training steps per jitted call (one lax.scan)
     log_every: int = 50
-    eval_every: int = 500
+    eval_every: int = 250
     eval_batch_size: int = 64
     sample_every: int = 0          # 0: only at the end
     sample_length: int = 200

@@ -64,7 +64,8 @@ def prepare_tinyshakespeare(data_dir: str = DEFAULT_DATA_DIR, from_path: str | N
             raise UserError(f"{via}: no such file: {source}")
         _check_hash(source)
         if os.path.abspath(source) != os.path.abspath(dest):
-            atomic_write(dest, open(source, "rb").read())
+            with open(source, "rb") as f:
+                atomic_write(dest, f.read())
         log(f"tiny-shakespeare: verified {source} -> {dest}")
         return dest
     if os.path.isfile(dest) and sha256_of(dest) == TINYSHAKESPEARE_SHA256:

@@ -17,16 +17,16 @@ What the custom VJP does, and why (numbers in scripts/profile_engine.py, PERF_NO
             forward+backward (LSTM at W2, W3 and W4 sizes).
   backward  every factor of the gate derivatives that does not depend on the incoming
             gradient is computed before the loop, vectorised over T*B, so the body is one
-            [B, G*H] x [G*H, H] matmul and a few multiplies; it stacks the gate gradients
-            da (LSTM) or dh (GRU), and dW_hh = sum_t da_t^T h_{t-1} is one GEMM after it.
+            [B, G*H] x [G*H, H] matmul and a few multiplies; it stacks only dh (and dc), the
+            gate gradients da are rebuilt from them after the loop, and
+            dW_hh = sum_t da_t^T h_{t-1} is one GEMM.
   GEMMs     the big ones are written on [T*B, K] matrices (`_matmul_all`, `_outer_sum`).
 
 Notation (PyTorch's, see jaxrnn.cells): a = the gates' pre-activations; h_{t-1} is the state
 the step at t reads (h_{t+1} when running in reverse); G = 4 (LSTM), 3 (GRU), 1 (Elman).
 
 The recurrences take the slab, not xs, so that layer 0 can be fed token ids without the
-projection GEMM: `embedding_slab` gathers rows of the projected embedding table, with a
-one-hot GEMM as its backward (`gather_rows`).
+projection GEMM: `embedding_slab` gathers rows of the projected embedding table.
 
 `jax.custom_vjp` is reverse-mode only: `grad`, `vjp`, `jit` and `vmap` compose with these
 layers; `jax.jvp` and forward-over-reverse Hessians do not (use impl="reference" for those).
@@ -41,8 +41,8 @@ import jax.numpy as jnp
 
 from jaxrnn.engine import register_fast_layer
 
-# scan unroll of the serial loops; PERF_NOTES and scripts/profile_engine.py found no gain
-# beyond noise from unrolling on XLA:CPU.
+# `lax.scan` unroll of both loops. unroll=2 and 4 were no faster than 1 at W2 / W3 / W4 / W5
+# (scripts/profile_engine.py; within noise, u4 often 5-15% slower) and compile longer.
 UNROLL = 1
 
 
@@ -76,8 +76,9 @@ def _final(states, reverse):
     return states[0] if reverse else states[-1]
 
 
-# The big GEMMs are written on [T*B, K] matrices: `jnp.einsum` over (t, b) made XLA:CPU copy
-# both operands into a transposed layout first, 1.5x slower at W3 (scripts/profile_engine.py).
+# The big GEMMs are written on [T*B, K] matrices. For sum_t da_t^T h_t, `jnp.einsum` over
+# (t, b) makes XLA:CPU copy both operands into a transposed layout first: 1.5x slower for that
+# GEMM alone at W3 sizes, though within noise for a whole layer's forward+backward.
 
 
 def _matmul_all(a, b):
@@ -151,19 +152,25 @@ def _lstm_bwd(reverse, unroll, residuals, cotangents):
     #   da_i = dc_t g i (1-i),  da_f = dc_t c_prev f (1-f),  da_g = dc_t i (1-g^2),
     #   da_o = dh tanh(c) o (1-o);   dc_prev = dc_t f;   dh_prev = da @ W_hh
     coef_dc = o * (1.0 - tanh_c * tanh_c)
-    coef_gates = jnp.concatenate([g * i * (1.0 - i), c_prev * f * (1.0 - f), i * (1.0 - g * g),
-                                  tanh_c * o * (1.0 - o)], axis=-1)  # [T, B, 4H]
+    coefs = (g * i * (1.0 - i), c_prev * f * (1.0 - f), i * (1.0 - g * g),
+             tanh_c * o * (1.0 - o))
 
     def body(carry, step):
         dh, dc = carry
-        dy, k_dc, k_gates, f_t = step
+        dy, k_dc, k_i, k_f, k_g, k_o, f_t = step
         dh = dh + dy
         dc = dc + dh * k_dc
-        da = jnp.concatenate([dc, dc, dc, dh], axis=-1) * k_gates  # [B, 4H]
-        return (da @ weight_hh, dc * f_t), da
+        da = jnp.concatenate([dc * k_i, dc * k_f, dc * k_g, dh * k_o], axis=-1)  # [B, 4H]
+        return (da @ weight_hh, dc * f_t), (dh, dc)
 
-    (dh0, dc0), da = jax.lax.scan(body, (d_h_last, d_c_last), (d_hs, coef_dc, coef_gates, f),
-                                  reverse=not reverse, unroll=unroll)
+    # The loop stacks dh and dc ([B, H] each) rather than da ([B, 4H]) and da is rebuilt
+    # after it: 5 MB less peak memory at W2, which brings a 2-layer W2 step under glibc's
+    # 32 MiB mmap threshold (no fresh pages, no page faults per call): -25% CPU time there.
+    (dh0, dc0), (dhs, dcs) = jax.lax.scan(
+        body, (d_h_last, d_c_last), (d_hs, coef_dc) + coefs + (f,), reverse=not reverse,
+        unroll=unroll)
+    da = jnp.concatenate([dcs * coefs[0], dcs * coefs[1], dcs * coefs[2], dhs * coefs[3]],
+                         axis=-1)  # [T, B, 4H]
     d_weight_hh = _outer_sum(da, _previous(hs, h0, reverse))
     return d_weight_hh, da, dh0, dc0
 
@@ -315,30 +322,6 @@ def project(mode, params, xs):
     return _project(xs, params["weight_ih"], slab_bias(mode, params))
 
 
-@jax.custom_vjp
-def gather_rows(table, ids):
-    """table[ids]: <float>[V, N], <int>[...] -> <float>[..., N].
-
-    Its VJP is the one-hot GEMM one_hot(ids)^T @ d_out ([V, T*B] x [T*B, N]) rather than the
-    scatter-add of `jnp.take`'s VJP, which is slower on XLA:CPU (PERF_NOTES).
-    """
-    return jnp.take(table, ids, axis=0)
-
-
-def _gather_rows_fwd(table, ids):
-    return gather_rows(table, ids), (ids, table.shape[0])
-
-
-def _gather_rows_bwd(residuals, d_out):
-    ids, vocab_size = residuals
-    one_hot = jax.nn.one_hot(ids.reshape(-1), vocab_size, dtype=d_out.dtype)  # [T*B, V]
-    d_table = one_hot.T @ d_out.reshape(-1, d_out.shape[-1])
-    return d_table, None
-
-
-gather_rows.defvjp(_gather_rows_fwd, _gather_rows_bwd)
-
-
 def embedding_slab(mode, params, ids, table=None):
     """The layer-0 slab for token ids: equal to `project(mode, params, table[ids])`.
 
@@ -349,14 +332,16 @@ def embedding_slab(mode, params, ids, table=None):
 
     Returns:
       <float>[T, B, G*H]: rows of the projected table (table @ W_ih^T + bias, [V, G*H], one
-      small GEMM) gathered by id, so no [T*B, D] x [D, G*H] GEMM runs; the backward is a
-      [V, T*B] x [T*B, G*H] one-hot GEMM (`gather_rows`).
+      small GEMM) gathered by id, so no [T*B, D] x [D, G*H] GEMM runs (about 5% of a 2-layer
+      W2 forward+backward). The gather's VJP is `jnp.take`'s scatter-add: a custom VJP doing
+      one_hot(ids)^T @ d_slab instead was 2.4x slower for that op at W2 (1.2 vs 2.7 ms) and
+      15% faster at W3 / W4 sizes (32 vs 37 ms, 38 vs 46 ms), under 3% of a step either way.
     """
     projected = params["weight_ih"].T if table is None else table @ params["weight_ih"].T
     bias = slab_bias(mode, params)
     if bias is not None:
         projected = projected + _row(bias, 2)
-    return gather_rows(projected, ids)
+    return jnp.take(projected, ids, axis=0)
 
 
 def run_slab(mode, params, slab, carry0, reverse=False, *, unroll=UNROLL):

@@ -26,6 +26,7 @@ from jaxrnn import checkpoint as ckpt_lib
 from jaxrnn import data as data_lib
 from jaxrnn.config import Config, config_diff
 from jaxrnn.errors import UserError
+from jaxrnn.fileio import atomic_write
 from jaxrnn.model import build_model, cross_entropy
 
 
@@ -56,7 +57,7 @@ def lr_schedule(config: Config, windows_per_epoch: int):
         floor = lr * config.min_lr_frac
 
         def cosine(step):
-            step = jnp.asarray(step, jnp.float32)
+            step = jnp.asarray(step, jnp.result_type(float))  # float64 under x64
             progress = jnp.clip((step - warmup) / max(total - warmup, 1), 0.0, 1.0)
             decayed = floor + 0.5 * (lr - floor) * (1.0 + jnp.cos(jnp.pi * progress))
             return jnp.where(step < warmup, lr * (step + 1) / max(warmup, 1), decayed)
@@ -364,13 +365,13 @@ def train_and_evaluate(config: Config, data_path: str, workdir: str, *, overwrit
         log(f"resuming from {path} at step {int(payload['step'])}")
     elif init_from:
         state = _init_from(state, init_from, vocab, trainer)
-    ckpt_lib.atomic_write(config_path, config.to_json().encode())
+    atomic_write(config_path, config.to_json().encode())
     vocab.save(vocab_path)
     start_step = int(state.step)
     # metrics.jsonl must match the checkpoint: its lines are the ones the checkpoint holds
     # (a kill may have left lines logged after it, or a torn last line).
     kept = resumed[0]["metrics"] if resumed else []
-    ckpt_lib.atomic_write(metrics_path, "".join(json.dumps(m) + "\n" for m in kept).encode())
+    atomic_write(metrics_path, "".join(json.dumps(m) + "\n" for m in kept).encode())
 
     state = jax.device_put(state)
     device_tokens = jnp.asarray(train_tokens)

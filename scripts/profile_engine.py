@@ -14,10 +14,11 @@ and noisy, so read the medians and the ratios, not a lone time.
              (not x: in training, layer 0 reads one-hot / embedded tokens)
 
 Columns: median ms [min-max] over the repetitions; "x torch" = torch median / this median
-(above 1 is faster than torch), "x 1t" the same against torch on one thread; "cpu" = median process CPU ms of one call (XLA runs these
-small GEMMs mostly on one thread, torch on two, so cpu > wall means several threads worked).
+(above 1 is faster than torch), "x 1t" the same against torch on one thread; "cpu" = median
+process CPU ms of one call (cpu > wall means several threads worked; on a busy machine, cpu
+is the steadier measure of work done).
 
-  python scripts/profile_engine.py                       # W2 W3 W4 W5, about 5-10 minutes
+  python scripts/profile_engine.py                       # W1-W5, about 10-15 minutes
   python scripts/profile_engine.py --workloads W2 --reps 30 --unrolls 1,2,4,8
 """
 
@@ -47,6 +48,7 @@ class Workload:
 
 
 WORKLOADS = {
+    "W1": Workload("rnn_tanh", 1, 100, 1, 25, 50),
     "W2": Workload("lstm", 2, 128, 50, 50, 20),
     "W3": Workload("lstm", 2, 512, 64, 100, 6),
     "W4": Workload("lstm", 1, 256, 16, 1000, 6),
@@ -85,7 +87,8 @@ def _jax_peer(work: Workload, impl: str, unroll: int, input_size: int):
 
 
 def _torch_peer(work: Workload, input_size: int, threads: int):
-    module_class = {"lstm": torch.nn.LSTM, "gru": torch.nn.GRU}[work.mode]
+    module_class = {"lstm": torch.nn.LSTM, "gru": torch.nn.GRU,
+                    "rnn_tanh": torch.nn.RNN}[work.mode]
     module = module_class(input_size, work.hidden_size, work.num_layers)
     generator = torch.Generator().manual_seed(0)
     x = torch.randn(work.steps, work.batch_size, input_size, generator=generator)
@@ -105,7 +108,8 @@ def _torch_peer(work: Workload, input_size: int, threads: int):
 
     start = time.perf_counter()
     forward(), forward_backward()
-    return {"forward": forward, "fwd+bwd": forward_backward}, {"warm-up": time.perf_counter() - start}
+    warm_up_s = time.perf_counter() - start
+    return {"forward": forward, "fwd+bwd": forward_backward}, {"warm-up": warm_up_s}
 
 
 def profile(name: str, work: Workload, unrolls, reps: int, input_size: int, pause_s: float,
@@ -158,7 +162,7 @@ def profile(name: str, work: Workload, unrolls, reps: int, input_size: int, paus
 def main():
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--workloads", default="W2,W3,W4,W5")
+    parser.add_argument("--workloads", default="W1,W2,W3,W4,W5")
     parser.add_argument("--unrolls", default="1,2,4", help="scan unroll values for impl=fast")
     parser.add_argument("--reps", type=int, default=None, help="default: per workload")
     parser.add_argument("--input-size", type=int, default=VOCAB_SIZE)

@@ -23,6 +23,7 @@ import jaxrnn
 from jaxrnn import checkpoint as ckpt_lib
 from jaxrnn import data as data_lib
 from jaxrnn.config import preset
+from jaxrnn.fileio import atomic_write
 from jaxrnn.train import Trainer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -60,7 +61,7 @@ def make_run_dir(workdir, text, **overrides):
                                 metrics=[], elapsed_s=0.0)
     os.makedirs(workdir)
     ckpt_lib.CheckpointDir(str(workdir)).save(0, payload)
-    ckpt_lib.atomic_write(os.path.join(workdir, "config.json"), config.to_json().encode())
+    atomic_write(os.path.join(workdir, "config.json"), config.to_json().encode())
     vocab.save(os.path.join(workdir, "vocab.json"))
 
 
