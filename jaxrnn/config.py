@@ -182,6 +182,17 @@ def add_config_flags(parser: argparse.ArgumentParser) -> None:
                             help=f"(default: {field.default!r}, or the preset's)")
 
 
+def add_text_flags(parser: argparse.ArgumentParser) -> None:
+    """The flags every training entry point shares besides the config: the text and output."""
+    parser.add_argument("--data", required=True, help="a UTF-8 text file to train on")
+    parser.add_argument("--encoding", default="utf-8", help="the text file's encoding")
+    parser.add_argument("--errors", default="strict", choices=["strict", "replace", "ignore"],
+                        help="what to do with bytes the encoding cannot decode")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--final-sample", type=int, default=500,
+                        help="characters to sample at the end (0: none)")
+
+
 def config_from_args(args: argparse.Namespace) -> Config:
     """The preset named by --preset with every flag that was given applied on top."""
     overrides = {f.name: getattr(args, f.name) for f in dataclasses.fields(Config)

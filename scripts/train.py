@@ -14,7 +14,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from jaxrnn.config import add_config_flags, config_from_args  # noqa: E402
+from jaxrnn.config import add_config_flags, add_text_flags, config_from_args  # noqa: E402
 from jaxrnn.errors import cli_main  # noqa: E402
 
 
@@ -22,17 +22,11 @@ from jaxrnn.errors import cli_main  # noqa: E402
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", required=True, help="a UTF-8 text file to train on")
+    add_text_flags(parser)
     parser.add_argument("--workdir", required=True, help="run directory (created; resumed)")
     parser.add_argument("--overwrite", action="store_true",
                         help="start over in a workdir that holds another run")
     parser.add_argument("--init-from", help="start from the parameters of this checkpoint")
-    parser.add_argument("--encoding", default="utf-8", help="the text file's encoding")
-    parser.add_argument("--errors", default="strict", choices=["strict", "replace", "ignore"],
-                        help="what to do with bytes the encoding cannot decode")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
-    parser.add_argument("--final-sample", type=int, default=500,
-                        help="characters to sample at the end (0: none)")
     add_config_flags(parser)
     args = parser.parse_args(argv)
     config = config_from_args(args)
