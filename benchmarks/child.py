@@ -9,6 +9,9 @@ starts with clean memory and thread pools and its peak RSS is its own. TASK_JSON
   repeat, budget_s, quick   see benchmarks.workloads.measure and --quick
   steps_per_call  optional: the jaxrnn peer's K instead of its FASTEST one
   torch_threads   optional: torch's threads instead of the number of cores
+  device    "cpu" or "gpu" (torch on CUDA; JAX sees the GPU unless JAX_PLATFORMS=cpu);
+            the "peak" task takes "auto" and reports the device it found
+  tf32      on a GPU: float32 matmuls in TF32 (speed runs) or in full float32 (parity runs)
   out       where to write the result (JSON)
 The result holds the raw per-step times and the losses; the driver turns them into a record.
 """
@@ -24,7 +27,7 @@ import numpy as np
 
 from benchmarks import workloads as wl
 
-JAX_PEERS = ("jaxrnn", "jaxrnn-default", "flax")
+JAX_PEERS = ("jaxrnn", "jaxrnn-default", "flax", "jax-cudnn")
 TORCH_PEERS = ("torch", "torch-loop")
 
 
@@ -33,16 +36,32 @@ def _setup(task: dict) -> str:
     if peer in JAX_PEERS:
         from benchmarks import peers_jax
 
-        return peers_jax.setup()
+        return peers_jax.setup(task.get("tf32", True))
     if peer in TORCH_PEERS:
         from benchmarks import peers_torch
 
-        return peers_torch.setup(task.get("torch_threads"))
+        return peers_torch.setup(task.get("torch_threads"), task.get("device", "cpu"),
+                                 task.get("tf32", True))
     if peer == "autograd":
         from benchmarks import peers_autograd
 
         return peers_autograd.setup()
     raise ValueError(f"unknown peer {peer!r}")
+
+
+def _peak_device_mib(task: dict) -> float | None:
+    """The GPU memory this peer's process used at its peak (MiB); None on CPU."""
+    if task.get("device", "cpu") == "cpu":
+        return None
+    if task["peer"] in JAX_PEERS:
+        from benchmarks import peers_jax
+
+        return peers_jax.peak_device_mib()
+    if task["peer"] in TORCH_PEERS:
+        from benchmarks import peers_torch
+
+        return peers_torch.peak_device_mib(task["device"])
+    return None
 
 
 def run_train(task: dict) -> dict:
@@ -66,11 +85,16 @@ def run_train(task: dict) -> dict:
 
         result = peers_jax.train_flax(workload, tokens, vocab_size, block_steps=block_steps,
                                       **common)
+    elif peer == "jax-cudnn":
+        from benchmarks import peers_jax
+
+        result = peers_jax.train_jax_cudnn(workload, tokens, vocab_size,
+                                           block_steps=block_steps, **common)
     elif peer in TORCH_PEERS:
         from benchmarks import peers_torch
 
         result = peers_torch.train(workload, peer, tokens, vocab_size, block_steps=block_steps,
-                                   **common)
+                                   device=task.get("device", "cpu"), **common)
     elif peer == "autograd":
         from benchmarks import peers_autograd
 
@@ -99,7 +123,8 @@ def run_sample(task: dict) -> dict:
     elif peer == "torch":
         from benchmarks import peers_torch
 
-        result = peers_torch.sample(sampling, vocab_size, **common)
+        result = peers_torch.sample(sampling, vocab_size, device=task.get("device", "cpu"),
+                                    **common)
     else:
         raise ValueError(f"no sampling peer {peer!r}")
     # compile_s: trace + compile, not a whole first generation of `length` characters: JAX's
@@ -112,12 +137,40 @@ def run_sample(task: dict) -> dict:
     return result
 
 
-def matmul_peak(size: int = 2048, reps: int = 5) -> dict:
+def find_device(requested: str = "auto") -> str:
+    """"gpu" when asked for, or (auto) when JAX or torch sees a CUDA GPU; else "cpu"."""
+    if requested != "auto":
+        return requested
+    if os.environ.get("JAX_PLATFORMS", "").strip() == "cpu":
+        return "cpu"
+    try:
+        import jax
+
+        if jax.default_backend() == "gpu":
+            return "gpu"
+    except ImportError:
+        pass
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            return "gpu"
+    except ImportError:
+        pass
+    return "cpu"
+
+
+def matmul_peak(size: int = 2048, reps: int = 5, device: str = "auto",
+                tf32: bool = True) -> dict:
     """Best float32 GFLOP/s of a [size, size] @ [size, size] matmul in NumPy, JAX and torch.
 
     Each library runs one warm-up product and then `reps` timed ones; a library that is not
-    installed is left out.
+    installed is left out. On a GPU: JAX and torch on it, [4 * size]^2 (a small product
+    does not fill an H200), TF32 as `tf32` says; NumPy is left out.
     """
+    device = find_device(device)
+    if device == "gpu":
+        size *= 4
     flops = 2.0 * size**3
     rng = np.random.default_rng(0)
     a = rng.standard_normal((size, size), dtype=np.float32)
@@ -133,35 +186,51 @@ def matmul_peak(size: int = 2048, reps: int = 5) -> dict:
             times.append(time.perf_counter() - start)
         return wl.gflops(flops, min(times))
 
-    best["numpy"] = time_best(lambda: a @ b)
+    if device == "cpu":
+        best["numpy"] = time_best(lambda: a @ b)
     try:
         import jax
         import jax.numpy as jnp
 
-        ja, jb = jnp.asarray(a), jnp.asarray(b)
-        matmul = jax.jit(jnp.matmul)
-        best["jax"] = time_best(lambda: matmul(ja, jb).block_until_ready())
+        if device == "cpu" or jax.default_backend() == "gpu":
+            precision = "tensorfloat32" if tf32 and device == "gpu" else "highest"
+            ja, jb = jnp.asarray(a), jnp.asarray(b)
+            matmul = jax.jit(lambda x, y: jnp.matmul(x, y, precision=precision))
+            best["jax"] = time_best(lambda: matmul(ja, jb).block_until_ready())
     except ImportError:
         pass
     try:
         import torch
 
         torch.set_num_threads(os.cpu_count())
-        ta, tb = torch.from_numpy(a), torch.from_numpy(b)
-        best["torch"] = time_best(lambda: torch.mm(ta, tb))
+        if device == "gpu":
+            torch.backends.cuda.matmul.allow_tf32 = tf32
+            ta, tb = torch.from_numpy(a).cuda(), torch.from_numpy(b).cuda()
+
+            def product():
+                torch.mm(ta, tb)
+                torch.cuda.synchronize()
+
+            best["torch"] = time_best(product)
+        else:
+            ta, tb = torch.from_numpy(a), torch.from_numpy(b)
+            best["torch"] = time_best(lambda: torch.mm(ta, tb))
     except ImportError:
         pass
-    return {"gflops": best, "size": size, "cores": os.cpu_count()}
+    return {"gflops": best, "size": size, "cores": os.cpu_count(), "device": device,
+            "tf32": tf32 and device == "gpu"}
 
 
 def main(argv=None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     task = json.loads(argv[0])
     if task["kind"] == "peak":
-        result = matmul_peak(**({"size": 1024, "reps": 3} if task.get("quick") else {}))
+        result = matmul_peak(**({"size": 1024, "reps": 3} if task.get("quick") else {}),
+                             device=task.get("device", "auto"), tf32=task.get("tf32", True))
     else:
         result = {"version": _setup(task)}
         result.update(run_train(task) if task["kind"] == "train" else run_sample(task))
+        result["peak_device_mib"] = _peak_device_mib(task)
     result["peak_rss_mib"] = wl.peak_rss_mib()
     with open(task["out"], "w") as f:
         json.dump(result, f)

@@ -50,9 +50,27 @@ def _on_event(event: str, duration: float, **kwargs) -> None:
         _compile_seconds[0] += duration
 
 
-def setup() -> str:
+def setup(tf32: bool = True) -> str:
+    """Listens for compile events; on a GPU, float32 matmuls in TF32 (`tf32`) or in full
+    float32 ("highest"), as BENCH.md's speed and parity runs ask."""
     jax.monitoring.register_event_duration_secs_listener(_on_event)
-    return f"jax {jax.__version__} ({jax.default_backend()}, {jax.device_count()} device)"
+    note = ""
+    if jax.default_backend() == "gpu":
+        precision = "tensorfloat32" if tf32 else "highest"
+        jax.config.update("jax_default_matmul_precision", precision)
+        note = f", matmul precision {precision}"
+    device = jax.devices()[0]
+    return (f"jax {jax.__version__} ({jax.default_backend()}: {device.device_kind}, "
+            f"{jax.device_count()} device{note})")
+
+
+def peak_device_mib() -> float | None:
+    """The accelerator's peak bytes in use by this process (MiB), or None on CPU."""
+    if jax.default_backend() == "cpu":
+        return None
+    stats = jax.devices()[0].memory_stats() or {}
+    peak = stats.get("peak_bytes_in_use")
+    return None if peak is None else peak / 2**20
 
 
 def _noting_compiles(run_block):
@@ -226,6 +244,86 @@ def train_flax(workload: wl.Workload, tokens: np.ndarray, vocab_size: int, *,
     run_block, compile_s = _noting_compiles(run_block)
     result = wl.measure(run_block, block_steps, repeat, budget_s, warmup_blocks)
     result["config"] = {"module": f"flax.linen.RNN({cell_name})", "flax": flax.__version__}
+    return _compile_plus_first_step(result, compile_s[0])
+
+
+# ---------------------------------------------------------------------------- jax-cudnn
+
+
+def train_jax_cudnn(workload: wl.Workload, tokens: np.ndarray, vocab_size: int, *,
+                    block_steps: int, repeat: int, budget_s: float, warmup_blocks: int) -> dict:
+    """LSTM workloads through `jax.experimental.rnn.lstm` (cuDNN's fused LSTM) on a GPU.
+
+    One-hot input -> the cuDNN LSTM stack (one flat weight vector, PyTorch's gate order) ->
+    a linear head; Adam via optax; one jitted step per batch, as the flax peer. Off a GPU
+    there is no cuDNN: it then runs `jax.experimental.rnn.lstm_ref` on the same weights (a
+    plain-JAX reference scan, labelled as such), which keeps the peer testable on CPU.
+    """
+    from jax.experimental import rnn
+
+    w = workload
+    if w.cell != "lstm":
+        raise ValueError(f"jax-cudnn has only an LSTM; {w.id} is a {w.cell}")
+    on_gpu = jax.default_backend() == "gpu"
+    sizes = dict(input_size=vocab_size, hidden_size=w.hidden_size, num_layers=w.num_layers)
+
+    def lstm(x, h0, c0, weights, lengths):  # x [B, T, V] -> y [B, T, H], h_n, c_n [L, B, H]
+        if on_gpu:
+            return rnn.lstm(x, h0, c0, weights, lengths, **sizes, dropout=0.0,
+                            bidirectional=False)
+        unpacked = rnn.unpack_lstm_weights(weights, **sizes, bidirectional=False)
+        return rnn.lstm_ref(x, h0, c0, *unpacked, lengths, **sizes, dropout=0.0,
+                            bidirectional=False)
+
+    key_rnn, key_head = jax.random.split(jax.random.key(0))
+    bound = 1.0 / np.sqrt(w.hidden_size)  # PyTorch's default initialisation, as the others
+    params = {"lstm": rnn.init_lstm_weight(key_rnn, **sizes, bidirectional=False),
+              "head_w": jax.random.uniform(key_head, (w.hidden_size, vocab_size),
+                                           jnp.float32, -bound, bound),
+              "head_b": jnp.zeros((vocab_size,), jnp.float32)}
+    optimizer = optax.adam(w.lr, b1=0.9, b2=0.999, eps=1e-8) if w.optimizer == "adam" \
+        else optax.sgd(w.lr)
+    if w.clip:
+        optimizer = optax.chain(optax.clip(w.clip), optimizer)
+    opt_state = optimizer.init(params)
+    shape = (w.num_layers, w.batch_size, w.hidden_size)
+    carry = (jnp.zeros(shape, jnp.float32), jnp.zeros(shape, jnp.float32))  # (h, c): donated
+    lengths = jnp.full((w.batch_size,), w.seq_len, jnp.int32)
+
+    def loss_fn(params, carry, x, y):
+        inputs = jax.nn.one_hot(x, vocab_size, dtype=jnp.float32)  # [B, T, V]
+        hidden, h_n, c_n = lstm(inputs, *carry, params["lstm"], lengths)
+        logits = hidden @ params["head_w"] + params["head_b"]  # [B, T, V]
+        nll = optax.softmax_cross_entropy_with_integer_labels(logits, y)
+        loss = nll.mean() if w.loss == "mean" else nll.sum() / w.batch_size
+        return loss, (h_n, c_n)
+
+    @functools.partial(jax.jit, donate_argnums=(0, 1, 2))
+    def train_step(params, opt_state, carry, x, y, reset):
+        carry = jax.tree.map(lambda c: jnp.where(reset, jnp.zeros_like(c), c), carry)
+        (loss, new_carry), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+            params, carry, x, y)
+        updates, opt_state = optimizer.update(grads, opt_state, params)
+        return (optax.apply_updates(params, updates), opt_state,
+                jax.lax.stop_gradient(new_carry), loss)
+
+    step = 0
+
+    def run_block(n):
+        nonlocal params, opt_state, carry, step
+        losses = []
+        for _ in range(n):
+            x, y, reset = wl.stream_batch(tokens, step, w.batch_size, w.seq_len)
+            reset = np.bool_(reset or not w.carry_state)
+            params, opt_state, carry, loss = train_step(params, opt_state, carry, x, y, reset)
+            losses.append(loss)
+            step += 1
+        return [float(x) for x in jax.device_get(losses)]
+
+    run_block, compile_s = _noting_compiles(run_block)
+    result = wl.measure(run_block, block_steps, repeat, budget_s, warmup_blocks)
+    result["config"] = {"module": "jax.experimental.rnn.lstm (cuDNN)" if on_gpu
+                        else "jax.experimental.rnn.lstm_ref (no GPU: reference scan, not cuDNN)"}
     return _compile_plus_first_step(result, compile_s[0])
 
 

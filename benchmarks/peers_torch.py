@@ -22,10 +22,26 @@ from torch_baselines.charlm import TorchCharLM, detach_state
 CELL_CLASSES = {"lstm": nn.LSTMCell, "gru": nn.GRUCell, "rnn": nn.RNNCell}
 
 
-def setup(threads: int | None = None) -> str:
-    """torch's threads = this machine's cores (BENCH.md) unless given; returns a version."""
+def setup(threads: int | None = None, device: str = "cpu", tf32: bool = True) -> str:
+    """torch's threads = this machine's cores (BENCH.md) unless given; on a GPU, TF32 in
+    matmuls and cuDNN on or off (`tf32`). Returns a version line."""
     torch.set_num_threads(threads or os.cpu_count())
-    return f"torch {torch.__version__}, {torch.get_num_threads()} threads"
+    if device == "cpu":
+        return f"torch {torch.__version__}, {torch.get_num_threads()} threads"
+    torch.backends.cuda.matmul.allow_tf32 = tf32
+    torch.backends.cudnn.allow_tf32 = tf32
+    return (f"torch {torch.__version__}, {torch.cuda.get_device_name()}, cuDNN "
+            f"{torch.backends.cudnn.version()}, TF32 {'on' if tf32 else 'off'}")
+
+
+def torch_device(device: str) -> torch.device:
+    """BENCH.md's device names: "cpu", or "gpu" (CUDA)."""
+    return torch.device("cuda" if device == "gpu" else "cpu")
+
+
+def peak_device_mib(device: str) -> float | None:
+    """The GPU's peak memory allocated by this process (MiB), or None on CPU."""
+    return torch.cuda.max_memory_allocated() / 2**20 if device == "gpu" else None
 
 
 class LoopCharLM(nn.Module):
@@ -68,9 +84,15 @@ def _detach(state):
 
 
 def train(workload: wl.Workload, peer: str, tokens: np.ndarray, vocab_size: int, *,
-          block_steps: int, repeat: int, budget_s: float, warmup_blocks: int) -> dict:
-    """Trains `peer` ("torch" or "torch-loop") on `workload`; returns wl.measure's dict."""
+          block_steps: int, repeat: int, budget_s: float, warmup_blocks: int,
+          device: str = "cpu") -> dict:
+    """Trains `peer` ("torch" or "torch-loop") on `workload`; returns wl.measure's dict.
+
+    The losses are read once per block (as the JAX peers do), so that on a GPU the host
+    does not wait for every step.
+    """
     torch.manual_seed(0)
+    dev = torch_device(device)
     w = workload
     if peer == "torch":
         model = TorchCharLM(vocab_size, w.cell, w.hidden_size, w.num_layers)
@@ -78,7 +100,7 @@ def train(workload: wl.Workload, peer: str, tokens: np.ndarray, vocab_size: int,
     else:
         model = LoopCharLM(vocab_size, w.cell, w.hidden_size, w.num_layers)
         config = {"module": f"loop over nn.{type(model.cells[0]).__name__}"}
-    model.train()
+    model.to(dev).train()
     parameters = list(model.parameters())
     if w.optimizer == "adam":
         optimizer = torch.optim.Adam(parameters, lr=w.lr, betas=(0.9, 0.999), eps=1e-8)
@@ -93,8 +115,8 @@ def train(workload: wl.Workload, peer: str, tokens: np.ndarray, vocab_size: int,
             inputs, targets, reset = wl.stream_batch(tokens, step, w.batch_size, w.seq_len)
             if reset or not w.carry_state:
                 state = None  # zeros
-            x = torch.from_numpy(inputs).long()
-            y = torch.from_numpy(targets).long()
+            x = torch.from_numpy(inputs).long().to(dev)
+            y = torch.from_numpy(targets).long().to(dev)
             logits, new_state = model(x, state)
             flat_logits, flat_y = logits.reshape(-1, vocab_size), y.reshape(-1)
             if w.loss == "mean":
@@ -107,9 +129,9 @@ def train(workload: wl.Workload, peer: str, tokens: np.ndarray, vocab_size: int,
                 torch.nn.utils.clip_grad_value_(parameters, w.clip)
             optimizer.step()
             state = _detach(new_state)
-            losses.append(loss.item())
+            losses.append(loss.detach())
             step += 1
-        return losses
+        return torch.stack(losses).tolist() if losses else []
 
     result = wl.measure(run_block, block_steps, repeat, budget_s, warmup_blocks)
     result["config"] = config
@@ -117,21 +139,22 @@ def train(workload: wl.Workload, peer: str, tokens: np.ndarray, vocab_size: int,
 
 
 def sample(sampling: wl.SamplingWorkload, vocab_size: int, *, length: int, repeat: int,
-           budget_s: float, warmup_blocks: int) -> dict:
+           budget_s: float, warmup_blocks: int, device: str = "cpu") -> dict:
     """S1: nn.LSTM stepped one character at a time, torch.multinomial on softmax(logits / T)."""
     torch.manual_seed(0)
+    dev = torch_device(device)
     m = sampling.model
-    model = TorchCharLM(vocab_size, m.cell, m.hidden_size, m.num_layers).eval()
-    generator = torch.Generator().manual_seed(0)
+    model = TorchCharLM(vocab_size, m.cell, m.hidden_size, m.num_layers).to(dev).eval()
+    generator = torch.Generator(device=dev).manual_seed(0)
     batch_size, temperature = sampling.batch_size, sampling.temperature
     last = {}
 
     @torch.inference_mode()
     def generate():
-        prime = torch.zeros(batch_size, 1, dtype=torch.long)
+        prime = torch.zeros(batch_size, 1, dtype=torch.long, device=dev)
         logits, state = model(prime)
         logits = logits[:, -1]  # [B, V]
-        out = torch.empty(batch_size, length, dtype=torch.long)
+        out = torch.empty(batch_size, length, dtype=torch.long, device=dev)
         for i in range(length):
             probs = torch.softmax(logits / temperature, dim=-1)
             token = torch.multinomial(probs, 1, generator=generator)  # [B, 1]
@@ -142,7 +165,7 @@ def sample(sampling: wl.SamplingWorkload, vocab_size: int, *, length: int, repea
 
     def run_block(n):
         for _ in range(n):
-            last["tokens"] = generate().numpy()
+            last["tokens"] = generate().cpu().numpy()
         return []
 
     result = wl.measure(run_block, 1, repeat, budget_s, warmup_blocks)

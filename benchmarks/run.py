@@ -10,6 +10,7 @@ A record (one per workload and peer; the JSON written by --json is a list of the
   workload, peer, chars_per_s_median, chars_per_s_min, chars_per_s_max  (min/max over the
     timed repetitions), ratio_to_torch (medians), compile_s (trace + compile + first step),
     pct_peak (matmul FLOP/s as % of the measured float32 peak), peak_rss_mib (the child's),
+    peak_device_mib (on a GPU: the child's peak GPU memory, else None),
   ok (the correctness check passed), check (what it saw), and: flops_per_step, gflops,
   block_steps, reps, config, version, text, machine, peak_gflops, loadavg_1m, wall_s, error,
   loss_first, loss_last (training), bracket_chars_per_s (torch: its runs before and after).
@@ -30,10 +31,11 @@ import time
 
 from benchmarks import workloads as wl
 
-PEERS = ("jaxrnn", "jaxrnn-default", "torch", "torch-loop", "flax", "autograd")
+PEERS = ("jaxrnn", "jaxrnn-default", "torch", "torch-loop", "flax", "autograd", "jax-cudnn")
 SAMPLING_PEERS = ("jaxrnn", "torch")
+GPU_ONLY_PEERS = ("jax-cudnn",)  # in the default peers on a GPU only
 REQUIRES = {"jaxrnn": "jax", "jaxrnn-default": "jax", "flax": "flax", "torch": "torch",
-            "torch-loop": "torch", "autograd": "autograd"}
+            "torch-loop": "torch", "autograd": "autograd", "jax-cudnn": "jax"}
 RECORD_KEYS = ("workload", "peer", "chars_per_s_median", "chars_per_s_min", "chars_per_s_max",
                "ratio_to_torch", "compile_s", "pct_peak", "peak_rss_mib")
 DEFAULT_REPEAT = 10
@@ -58,6 +60,8 @@ def machine_info() -> str:
 def applies(workload_id: str, peer: str) -> bool:
     if workload_id in wl.SAMPLING:
         return peer in SAMPLING_PEERS
+    if peer == "jax-cudnn":  # jax.experimental.rnn has an LSTM only
+        return wl.TRAINING[workload_id].cell == "lstm"
     return peer != "autograd" or workload_id == "W1"
 
 
@@ -83,6 +87,8 @@ def run_child(task: dict, timeout_s: float) -> dict:
     """Runs one task in `python -m benchmarks.child`; returns its result or {"error": ...}."""
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (wl.ROOT, env.get("PYTHONPATH")) if p)
+    if task.get("device") == "cpu":
+        env["JAX_PLATFORMS"] = "cpu"  # a CPU run keeps JAX off any GPU the machine has
     with tempfile.TemporaryDirectory(prefix="jaxrnn-bench-") as tmp:
         task = {**task, "out": os.path.join(tmp, "result.json")}
         start = time.monotonic()
@@ -141,6 +147,7 @@ def make_record(workload_id: str, peer: str, result: dict, peak_gflops: float,
     record.update(stats)
     record.update(
         compile_s=result["compile_s"], peak_rss_mib=result["peak_rss_mib"],
+        peak_device_mib=result.get("peak_device_mib"),
         pct_peak=100.0 * achieved / (peak_gflops * 1e9) if peak_gflops else None,
         ok=bool(result["ok"]), check=result["check"], flops_per_step=flops,
         gflops=achieved / 1e9, block_steps=result["block_steps"], reps=result["reps"],
@@ -154,11 +161,12 @@ def make_record(workload_id: str, peer: str, result: dict, peak_gflops: float,
     return record
 
 
-def run_benchmarks(workloads=wl.WORKLOAD_IDS, peers=PEERS, *, repeat: int = DEFAULT_REPEAT,
+def run_benchmarks(workloads=wl.WORKLOAD_IDS, peers=None, *, repeat: int = DEFAULT_REPEAT,
                    budget_s: float = DEFAULT_BUDGET_S, quick: bool = False,
                    text: str | None = None, bracket_torch: bool = True,
                    steps_per_call: int | None = None, torch_threads: int | None = None,
-                   timeout_s: float = DEFAULT_TIMEOUT_S, log=print) -> list[dict]:
+                   timeout_s: float = DEFAULT_TIMEOUT_S, device: str = "auto",
+                   tf32: bool = True, log=print, on_workload=None) -> list[dict]:
     """Runs every (workload, peer) pair; returns the records (see the module docstring).
 
     Args:
@@ -173,7 +181,16 @@ def run_benchmarks(workloads=wl.WORKLOAD_IDS, peers=PEERS, *, repeat: int = DEFA
       steps_per_call: the `jaxrnn` peer's K on every workload instead of its tuned one.
       torch_threads: torch's threads instead of os.cpu_count() (BENCH.md: threads = cores).
       timeout_s: a peer's process running longer than this is stopped and marked FAIL.
+      device: "cpu", "gpu", or "auto" (the GPU when JAX or torch sees one).
+      tf32: on a GPU, float32 matmuls in TF32 on both sides (speed) or not (parity).
+      peers: None = every peer that applies on the device (jax-cudnn only on a GPU).
+      on_workload: called with the records so far after each workload (e.g. to save them,
+        so that a run cut short keeps what it measured).
     """
+    if device not in ("auto", "cpu", "gpu"):
+        raise ValueError(f"device must be auto, cpu or gpu; got {device!r}")
+    peers_given = peers is not None
+    peers = list(PEERS if peers is None else peers)
     unknown = [p for p in peers if p not in PEERS]
     if unknown:
         raise ValueError(f"unknown peer(s) {', '.join(unknown)}; choose from {', '.join(PEERS)}")
@@ -193,15 +210,24 @@ def run_benchmarks(workloads=wl.WORKLOAD_IDS, peers=PEERS, *, repeat: int = DEFA
     log(f"machine: {machine}; load average {load:.1f}"
         + ("  (busy: timings will be noisy)" if load > 0.5 * os.cpu_count() else ""))
 
-    peak = run_child({"kind": "peak", "quick": quick}, timeout_s)
+    peak = run_child({"kind": "peak", "quick": quick, "device": device, "tf32": tf32},
+                     timeout_s)
     if "error" in peak:
         log(f"note: matmul peak failed ({peak['error']}); no % of peak")
         peak_gflops = None
+        device = "cpu" if device == "auto" else device
     else:
+        device = peak["device"]
         peak_gflops = max(peak["gflops"].values())
         shown = ", ".join(f"{k} {v:.0f}" for k, v in peak["gflops"].items())
-        log(f"float32 matmul peak: {peak_gflops:.0f} GFLOP/s (best of {shown}; "
+        kind = "TF32" if peak.get("tf32") else "float32"
+        log(f"{kind} matmul peak ({device}): {peak_gflops:.0f} GFLOP/s (best of {shown}; "
             f"{peak['size']}x{peak['size']})")
+    if device == "gpu":
+        log(f"device: GPU (torch = cuDNN); TF32 {'on' if tf32 else 'off'} on every side")
+        machine += " + GPU"
+    elif not peers_given:
+        runnable = [p for p in runnable if p not in GPU_ONLY_PEERS]
 
     records = []
     for workload_id in workload_ids:
@@ -218,7 +244,8 @@ def run_benchmarks(workloads=wl.WORKLOAD_IDS, peers=PEERS, *, repeat: int = DEFA
         for peer in order:
             task = dict(kind=kind, workload=workload_id, peer=peer, text=text_file,
                         repeat=repeat, budget_s=budget_s, quick=quick,
-                        steps_per_call=steps_per_call, torch_threads=torch_threads)
+                        steps_per_call=steps_per_call, torch_threads=torch_threads,
+                        device=device, tf32=tf32)
             loadavg = os.getloadavg()[0]
             result = run_child(task, timeout_s)
             result.setdefault("loadavg_1m", loadavg)
@@ -237,6 +264,8 @@ def run_benchmarks(workloads=wl.WORKLOAD_IDS, peers=PEERS, *, repeat: int = DEFA
                 record["ratio_to_torch"] = (record["chars_per_s_median"]
                                             / torch_record["chars_per_s_median"])
         records.extend(sorted(workload_records, key=lambda r: PEERS.index(r["peer"])))
+        if on_workload is not None:
+            on_workload(records)
     return records
 
 
@@ -260,8 +289,10 @@ def _fmt(value, spec, missing="-"):
 
 def format_table(records: list[dict]) -> str:
     """workload, peer, chars/s median [min-max], ratio to torch, compile s, % peak, RSS, check."""
+    on_gpu = any(r.get("peak_device_mib") is not None for r in records)
+    memory = "GPU MiB" if on_gpu else "RSS MiB"
     header = (f"{'workload':9s} {'peer':15s} {'chars/s median [min-max]':>32s} {'x torch':>8s} "
-              f"{'compile s':>9s} {'% peak':>7s} {'RSS MiB':>8s}  check")
+              f"{'compile s':>9s} {'% peak':>7s} {memory:>8s}  check")
     lines = [header, "-" * len(header)]
     previous = None
     for r in records:
@@ -276,7 +307,8 @@ def format_table(records: list[dict]) -> str:
         check = "ok" if r["ok"] else f"FAIL ({r.get('check')})"
         lines.append(f"{r['workload']:9s} {r['peer']:15s} {speed:>32s} "
                      f"{_fmt(r['ratio_to_torch'], '.2f'):>8s} {_fmt(r['compile_s'], '.2f'):>9s} "
-                     f"{_fmt(r['pct_peak'], '.1f'):>7s} {_fmt(r['peak_rss_mib'], '.0f'):>8s}  "
+                     f"{_fmt(r['pct_peak'], '.1f'):>7s} "
+                     f"{_fmt(r.get('peak_device_mib') if on_gpu else r['peak_rss_mib'], '.0f'):>8s}  "
                      f"{check}")
     return "\n".join(lines)
 

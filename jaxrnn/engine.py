@@ -89,8 +89,14 @@ def dropout(key, x, rate):
     return jnp.where(keep, x / (1.0 - rate), jnp.zeros_like(x))
 
 
+# jax.core.Tracer is public but jax.core is being slimmed down; keep working if it moves.
+_TRACER = getattr(jax.core, "Tracer", None)
+if _TRACER is None:  # pragma: no cover
+    from jax._src.core import Tracer as _TRACER
+
+
 def _is_concrete(x) -> bool:
-    return not isinstance(x, jax.core.Tracer)
+    return not isinstance(x, _TRACER)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -1,13 +1,15 @@
 """Benchmark jaxrnn against its peers on the workloads of BENCH.md, side by side in one run.
 
   python scripts/bench.py [--workloads W1,W2,W3,W4,W5,S1]
-      [--peers jaxrnn,jaxrnn-default,torch,torch-loop,flax,autograd]
+      [--peers jaxrnn,jaxrnn-default,torch,torch-loop,flax,autograd,jax-cudnn]
       [--repeat N] [--budget SECONDS] [--json PATH] [--text PATH] [--quick] [--no-bracket]
-      [--steps-per-call K] [--torch-threads N]
+      [--steps-per-call K] [--torch-threads N] [--device auto|cpu|gpu] [--tf32 on|off]
 
 Each peer runs in its own process. Prints a table (chars/s median [min-max] over the timed
 repetitions, ratio to torch, compile time, % of this machine's float32 matmul peak, peak RSS,
-the correctness check) and, with --json, writes the records. The full default run takes
+the correctness check) and, with --json, writes the records (after every workload, so a run
+cut short keeps what it measured). On a GPU (--device auto finds one) torch is cuDNN, JAX runs
+on the GPU, and jax-cudnn (jax.experimental.rnn's cuDNN LSTM) joins the LSTM workloads. The full default run takes
 about 10-15 minutes on 2 cores. Method: benchmarks/__init__.py and BENCHMARKS.md.
 """
 
@@ -31,8 +33,9 @@ def main(argv=None):
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--workloads", type=_list, default=list(wl.WORKLOAD_IDS),
                         help=f"comma-separated, from {','.join(wl.WORKLOAD_IDS)} (default: all)")
-    parser.add_argument("--peers", type=_list, default=list(bench.PEERS),
-                        help=f"comma-separated, from {','.join(bench.PEERS)} (default: all)")
+    parser.add_argument("--peers", type=_list, default=None,
+                        help=f"comma-separated, from {','.join(bench.PEERS)} (default: all "
+                             "that apply; jax-cudnn on a GPU only)")
     parser.add_argument("--repeat", type=int, default=bench.DEFAULT_REPEAT,
                         help="at most this many timed repetitions per peer "
                              f"(default: {bench.DEFAULT_REPEAT})")
@@ -52,19 +55,30 @@ def main(argv=None):
                              "workload, instead of its tuned ones (for sweeping K)")
     parser.add_argument("--torch-threads", type=int,
                         help="torch's threads (default: the number of cores, as BENCH.md)")
+    parser.add_argument("--device", choices=("auto", "cpu", "gpu"), default="auto",
+                        help="where the peers run (default: the GPU if JAX or torch sees one)")
+    parser.add_argument("--tf32", choices=("on", "off"), default="on",
+                        help="on a GPU: float32 matmuls in TF32 on every side (on: speed "
+                             "runs, the default) or in full float32 (off: parity runs)")
     parser.add_argument("--timeout", type=float, default=bench.DEFAULT_TIMEOUT_S,
                         help="seconds before one peer's process is abandoned")
     args = parser.parse_args(argv)
     for name in ("repeat", "steps_per_call", "torch_threads"):
         if getattr(args, name) is not None and getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be at least 1")
+    def save(records):
+        if args.json:
+            with open(args.json, "w") as f:
+                json.dump(records, f, indent=1)
+
     try:
         records = bench.run_benchmarks(args.workloads, args.peers, repeat=args.repeat,
                                        budget_s=args.budget, quick=args.quick, text=args.text,
                                        bracket_torch=args.bracket,
                                        steps_per_call=args.steps_per_call,
                                        torch_threads=args.torch_threads,
-                                       timeout_s=args.timeout)
+                                       timeout_s=args.timeout, device=args.device,
+                                       tf32=args.tf32 == "on", on_workload=save)
     except (ValueError, FileNotFoundError) as e:
         parser.error(str(e))
     print()
@@ -74,8 +88,7 @@ def main(argv=None):
     if args.quick:
         print("\n--quick: tiny blocks and no warm-up; these figures are a smoke test only")
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump(records, f, indent=1)
+        save(records)
         print(f"\nwrote {len(records)} records to {args.json}")
     failed = [f"{r['workload']}/{r['peer']}" for r in records if not r["ok"]]
     if failed:

@@ -100,6 +100,30 @@ def test_missing_peers_are_skipped_with_a_note(monkeypatch):
     assert any("skipping peer flax" in note for note in notes)
 
 
+def test_gpu_only_peers_stay_out_of_a_default_cpu_run(monkeypatch):
+    """With no --peers, a CPU run leaves jax-cudnn out (no cuDNN there); on a GPU it is in."""
+    seen = []
+
+    def fake_child(task, timeout_s):
+        if task["kind"] == "peak":
+            return {"gflops": {"numpy": 100.0}, "size": 8, "device": task["device"],
+                    "tf32": False}
+        seen.append((task["device"], task["peer"]))
+        return {"error": "not run"}
+
+    monkeypatch.setattr(bench, "run_child", fake_child)
+    bench.run_benchmarks(["W2"], device="cpu", log=lambda *_: None)
+    assert seen and all(device == "cpu" for device, _ in seen)
+    assert "jax-cudnn" not in {peer for _, peer in seen}
+    seen.clear()
+    records = bench.run_benchmarks(["W2", "W5"], device="gpu", log=lambda *_: None)
+    assert ("gpu", "jax-cudnn") in seen
+    # jax.experimental.rnn has an LSTM only: no GRU record for it
+    assert {r["workload"] for r in records if r["peer"] == "jax-cudnn"} == {"W2"}
+    with pytest.raises(ValueError, match="device must be"):
+        bench.run_benchmarks(["W2"], device="tpu", log=lambda *_: None)
+
+
 def _run_bench(tmp_path, *args):
     out = tmp_path / "bench.json"
     env = {**os.environ, "JAX_PLATFORMS": "cpu"}
@@ -125,8 +149,11 @@ def _check_records(records, workloads, peers):
 
 
 def test_bench_smoke(tmp_path):
-    """The real command on W1 and W2: every record has its keys and passed its check."""
-    peers = ["jaxrnn", "torch", "autograd"]
+    """The real command on W1 and W2: every record has its keys and passed its check.
+
+    jax-cudnn asked for on a CPU runs jax.experimental.rnn's reference scan on the cuDNN
+    weight layout (its GPU path is measured on a lent GPU: BENCHMARKS.md)."""
+    peers = ["jaxrnn", "torch", "autograd", "jax-cudnn"]
     stdout, records = _run_bench(tmp_path, "--workloads", "W1,W2", "--peers", ",".join(peers))
     _check_records(records, ["W1", "W2"], peers)
     assert "chars/s median [min-max]" in stdout and "float32 matmul peak" in stdout

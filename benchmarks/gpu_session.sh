@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# One GPU session, prepared to fit a short lease: versions, the engine's parity tests on the
+# GPU, then the benchmark against cuDNN (torch.nn.LSTM on CUDA and jax.experimental.rnn).
+#
+#   OUT=out/gpu bash benchmarks/gpu_session.sh        # writes tests.txt, bench_gpu.{txt,json}
+#
+# Needs data/tinyshakespeare.txt (scripts/prepare_data.py) and python3 with jax[cuda], torch
+# (CUDA), flax and optax. Budgets: TEST_S for the tests, BENCH_S for the benchmark, whose JSON
+# is rewritten after every workload, so a run cut short keeps what it measured. The workloads
+# run in the order of the GPU goal (W3, W4 first). torch-loop and autograd are left out: on a
+# GPU they measure Python's loop, not the engine.
+set -u
+OUT=${OUT:-out/gpu}
+TEST_S=${TEST_S:-100}
+BENCH_S=${BENCH_S:-240}
+PYTHON=${PYTHON:-python3}
+mkdir -p "$OUT"
+export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
+export JAXRNN_TINYSHAKESPEARE=${JAXRNN_TINYSHAKESPEARE:-$PWD/data/tinyshakespeare.txt}
+
+{
+  date -u
+  nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv
+  $PYTHON -c "import sys, jax, jaxlib, flax, optax, torch; print('python', sys.version.split()[0], '| jax', jax.__version__, jax.devices(), '| flax', flax.__version__, '| optax', optax.__version__, '| torch', torch.__version__, 'cuda', torch.version.cuda, 'cudnn', torch.backends.cudnn.version())"
+} 2>&1 | tee "$OUT/versions.txt"
+
+# The engine on the GPU against PyTorch (on the CPU) and the tutorial's formulas; TF32 off.
+JAX_DEFAULT_MATMUL_PRECISION=highest timeout "$TEST_S" $PYTHON -m pytest -q -p no:cacheprovider --timeout 60 \
+  tests/test_engine_parity.py tests/test_fast.py tests/test_charlm_parity.py \
+  tests/test_sampling.py tests/test_engine.py 2>&1 | tee "$OUT/tests.txt"
+echo "tests exit: ${PIPESTATUS[0]}" | tee -a "$OUT/tests.txt"
+
+timeout "$BENCH_S" $PYTHON scripts/bench.py --device gpu --tf32 on \
+  --workloads W3,W4,W2,S1,W5,W1 --peers jaxrnn,torch,flax,jax-cudnn \
+  --budget 2 --repeat 5 --no-bracket --json "$OUT/bench_gpu.json" 2>&1 | tee "$OUT/bench_gpu.txt"
+echo "bench exit: ${PIPESTATUS[0]}" | tee -a "$OUT/bench_gpu.txt"
