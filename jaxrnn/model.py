@@ -16,6 +16,7 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
+from jaxrnn.cells import matmul_transposed
 from jaxrnn.config import Config
 from jaxrnn.engine import Recurrent, dropout
 
@@ -81,7 +82,7 @@ class CharLM:
 
     def _head(self, params, hidden):
         head = params["head"]
-        logits = hidden @ head["weight"].T
+        logits = matmul_transposed(hidden, head["weight"])
         return logits + head["bias"].reshape((1,) * (logits.ndim - 1) + head["bias"].shape)
 
     def apply(self, params, state, tokens, key=None):

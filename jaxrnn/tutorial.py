@@ -31,6 +31,8 @@ import math
 import jax
 import jax.numpy as jnp
 
+from jaxrnn.cells import matmul_transposed
+
 SEQ_LENGTH = 25          # the tutorial's chunk length
 FAITHFUL_EPS = 1e-6      # the tutorial's log(softmax + 1e-6)
 INIT_SCALE = 0.01        # the tutorial's np.random.randn(...) * 0.01, biases included
@@ -513,7 +515,7 @@ def batched_rnn_forward(params, x_onehot, h0=None):
     w_hh = weight[:, input_size:]
 
     def body(h, xp):
-        h = jnp.tanh(xp + h @ w_hh.T)
+        h = jnp.tanh(xp + matmul_transposed(h, w_hh))
         return h, h
 
     h_last, hs = jax.lax.scan(body, h0, projected)                             # (T, B, H)
