@@ -12,6 +12,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from jaxrnn import compile_cache  # noqa: E402
 from jaxrnn.errors import cli_main  # noqa: E402
 
 
@@ -27,7 +28,9 @@ def main(argv=None):
     parser.add_argument("--batch-size", type=int, default=None, help="parallel streams")
     parser.add_argument("--encoding", default="utf-8")
     parser.add_argument("--errors", default="strict", choices=["strict", "replace", "ignore"])
+    compile_cache.add_flag(parser)
     args = parser.parse_args(argv)
+    compile_cache.enable(args.compile_cache)
 
     from jaxrnn.data import read_text
     from jaxrnn.evaluate import evaluate_text

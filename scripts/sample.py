@@ -10,6 +10,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from jaxrnn import compile_cache  # noqa: E402
 from jaxrnn.errors import cli_main  # noqa: E402
 
 
@@ -26,7 +27,9 @@ def main(argv=None):
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--num", type=int, default=1, help="samples, generated as one batch")
     parser.add_argument("--checkpoint", default="best", help="best, last, or a file")
+    compile_cache.add_flag(parser)
     args = parser.parse_args(argv)
+    compile_cache.enable(args.compile_cache)
 
     from jaxrnn.rundir import load_run
     from jaxrnn.sampling import sample_text

@@ -15,6 +15,7 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from jaxrnn.config import add_config_flags, add_text_flags, config_from_args  # noqa: E402
+from jaxrnn import compile_cache  # noqa: E402
 from jaxrnn.errors import cli_main  # noqa: E402
 
 
@@ -28,7 +29,9 @@ def main(argv=None):
                         help="start over in a workdir that holds another run")
     parser.add_argument("--init-from", help="start from the parameters of this checkpoint")
     add_config_flags(parser)
+    compile_cache.add_flag(parser)
     args = parser.parse_args(argv)
+    compile_cache.enable(args.compile_cache)
     config = config_from_args(args)
     print(f"config ({args.preset} preset + flags):\n{config.to_json()}", flush=True)
 

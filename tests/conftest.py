@@ -8,6 +8,15 @@ import pytest
 jax.config.update("jax_numpy_rank_promotion", "raise")
 
 
+@pytest.fixture(scope="session", autouse=True)
+def compile_cache(tmp_path_factory):
+    """The scripts' persistent compilation cache (jaxrnn.compile_cache) in a folder of this
+    test session, never the user's ~/.cache; the scripts run as subprocesses inherit it."""
+    if "JAXRNN_COMPILE_CACHE" not in os.environ:
+        os.environ["JAXRNN_COMPILE_CACHE"] = str(tmp_path_factory.mktemp("xla-cache"))
+    yield
+
+
 @pytest.fixture
 def x64():
     """Turns on float64 for one test (parity checks to ~1e-10), then restores the default."""

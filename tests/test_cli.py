@@ -47,3 +47,31 @@ def test_train_sample_evaluate(tmp_path, small_text):
 
     bad = run("scripts/sample.py", str(workdir), "--prime", "QZ€", check=False)
     assert bad.returncode == 2 and "'€'" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def _metrics(workdir):
+    """metrics.jsonl without the wall-clock fields."""
+    records = [json.loads(line) for line in open(workdir / "metrics.jsonl")]
+    return [{k: v for k, v in r.items() if k not in ("elapsed_s", "chars_per_s")}
+            for r in records]
+
+
+def test_compile_cache_is_used_and_changes_nothing(tmp_path, small_text):
+    """A run compiled afresh, and the same run from the cache, write identical metrics; with
+    --compile-cache off nothing is written to the cache folder."""
+    data = tmp_path / "text.txt"
+    data.write_text(small_text)
+    cache = tmp_path / "xla"
+    flags = ["--data", str(data), "--hidden-size", "16", "--num-layers", "1",
+             "--batch-size", "4", "--seq-len", "8", "--steps", "12", "--eval-every", "6",
+             "--log-every", "3", "--no-progress", "--final-sample", "0"]
+    run("scripts/train.py", "--workdir", str(tmp_path / "a"), "--compile-cache", "off", *flags)
+    assert not cache.exists()
+    run("scripts/train.py", "--workdir", str(tmp_path / "b"), "--compile-cache", str(cache),
+        *flags)
+    entries = set(os.listdir(cache))
+    assert entries  # the compiled programs
+    run("scripts/train.py", "--workdir", str(tmp_path / "c"), "--compile-cache", str(cache),
+        *flags)
+    assert set(os.listdir(cache)) == entries  # every program came from the cache
+    assert _metrics(tmp_path / "a") == _metrics(tmp_path / "b") == _metrics(tmp_path / "c")
