@@ -29,16 +29,25 @@ from jaxrnn.packing import sequence_mask
 
 # name of a built-in cell -> fn(params, xs[T,B,I], carry0, reverse) -> (ys[T,B,H], carryT)
 _FAST_LAYERS: dict[str, Callable] = {}
+_FAST_TOKEN_LAYERS: dict[str, Callable] = {}
 
 
-def register_fast_layer(cell_name: str, fn: Callable) -> None:
+def register_fast_layer(cell_name: str, fn: Callable, tokens_fn: Callable | None = None) -> None:
     """Registers a faster implementation of one unmasked direction of a built-in cell.
 
     `fn(params, xs, carry0, reverse) -> (ys, carry_T)` must equal `run_direction` without
     lengths (the parity tests check both against PyTorch). It is used when
     `Recurrent(impl="auto" | "fast")` runs without `lengths`.
+
+    `tokens_fn(params, ids, table, carry0, reverse)`, optional, is the same layer fed token
+    ids: it must equal `fn(params, table[ids], ...)` (one-hot rows when table is None), and
+    is what `Recurrent.apply_tokens` runs for layer 0.
     """
     _FAST_LAYERS[cell_name] = fn
+    if tokens_fn is not None:
+        _FAST_TOKEN_LAYERS[cell_name] = tokens_fn
+    else:
+        _FAST_TOKEN_LAYERS.pop(cell_name, None)
 
 
 def run_direction(cell: cells_lib.Cell, params, xs, carry0, *, reverse=False, mask=None,
@@ -260,12 +269,66 @@ class Recurrent:
                                      f"and max {bad.max()}")
             mask = sequence_mask(lengths, steps).T  # [T, B]
 
-        fast = _FAST_LAYERS.get(self.cell.name) if isinstance(self.mode, str) else None
-        if self.impl == "reference" or mask is not None:
-            fast = None
-        elif self.impl == "fast" and fast is None:
-            raise ValueError(f"no fast layer is registered for mode {self.cell.name!r}")
+        return self._run_layers(params, x, hx, mask, key)
 
+    def _fast_layer(self, mask, registry=None):
+        """The registered fast layer to use, or None for the reference scan."""
+        registry = _FAST_LAYERS if registry is None else registry
+        fast = registry.get(self.cell.name) if isinstance(self.mode, str) else None
+        if self.impl == "reference" or mask is not None:
+            return None
+        if self.impl == "fast" and _FAST_LAYERS.get(self.cell.name) is None:
+            raise ValueError(f"no fast layer is registered for mode {self.cell.name!r}")
+        return fast
+
+    def apply_tokens(self, params, ids, table=None, hx=None, key=None, dtype=jnp.float32):
+        """Runs the network on token ids: layer 0 reads table[ids], or one-hot rows.
+
+        Equal to `apply(params, table[ids] or one_hot(ids), hx, key=key)` (time-major, no
+        lengths), but where a fast layer is registered layer 0 never builds its [T, B, I]
+        input nor runs the [T*B, I] x [I, G*H] projection GEMM: it gathers rows of the
+        projected table (table @ W_ih^T + bias, [V, G*H]) instead.
+
+        Args:
+          ids: <int>[T, B] ([B, T] if batch_first) token ids in [0, V).
+          table: <float>[V, input_size] (an embedding), or None for one-hot input, where
+            V = input_size.
+          dtype: the one-hot rows' dtype (table None).
+        Returns:
+          (output, h_n), as `apply`.
+        """
+        ids = jnp.asarray(ids)
+        if ids.ndim != 2:
+            raise ValueError(f"ids must have rank 2, got shape {ids.shape}")
+        if self.batch_first:
+            ids = ids.T
+        if table is not None and (table.ndim != 2 or table.shape[1] != self.input_size):
+            raise ValueError(f"table must have shape (V, input_size={self.input_size}), got "
+                             f"{jnp.shape(table)}")
+        self.check_params(params)
+        tokens_fast = self._fast_layer(None, _FAST_TOKEN_LAYERS)
+        if tokens_fast is None:
+            x = (jax.nn.one_hot(ids, self.input_size, dtype=dtype) if table is None
+                 else jnp.take(table, ids, axis=0))
+            if self.batch_first:
+                x = jnp.swapaxes(x, 0, 1)
+            return self.apply(params, x, hx, key=key)
+        steps, batch_size = ids.shape
+        dtype = dtype if table is None else table.dtype
+        if hx is None:
+            hx = self.zero_state(batch_size, dtype)
+        else:
+            self._check_hx(hx, batch_size)
+
+        def first_layer(layer_params, carry0, reverse):
+            return tokens_fast(layer_params, ids, table, carry0, reverse)
+
+        return self._run_layers(params, None, hx, None, key, first_layer)
+
+    def _run_layers(self, params, x, hx, mask, key, first_layer=None):
+        """The layers over time-major x [T, B, I]; `first_layer(params, carry0, reverse)`,
+        if given, runs layer 0 in place of reading x."""
+        fast = self._fast_layer(mask)
         layer_input = x
         finals = []
         for layer in range(self.num_layers):
@@ -273,7 +336,9 @@ class Recurrent:
             for d in range(self.num_directions):
                 index = layer * self.num_directions + d
                 carry0 = jax.tree.map(lambda a: a[index], hx)
-                if fast is not None:
+                if layer == 0 and first_layer is not None:
+                    ys, carry_t = first_layer(params[layer][d], carry0, d == 1)
+                elif fast is not None:
                     ys, carry_t = fast(params[layer][d], layer_input, carry0, d == 1)
                 else:
                     ys, carry_t = run_direction(self.cell, params[layer][d], layer_input, carry0,

@@ -397,10 +397,18 @@ LAYERS = {"lstm": lstm_layer, "gru": gru_layer, "rnn_tanh": rnn_tanh_layer,
           "rnn_relu": rnn_relu_layer}
 
 
+def tokens_layer(mode, params, ids, table, carry0, reverse=False, *, unroll=UNROLL):
+    """One unmasked direction fed token ids (`Recurrent.apply_tokens`'s layer 0): the slab
+    is gathered from the projected table (`embedding_slab`), then `run_slab`."""
+    return run_slab(mode, params, embedding_slab(mode, params, ids, table), carry0, reverse,
+                    unroll=unroll)
+
+
 def register_all(unroll: int = UNROLL) -> None:
     """(Re-)registers every fast layer with the engine, with the given scan unroll."""
     for name, layer in LAYERS.items():
-        register_fast_layer(name, functools.partial(layer, unroll=unroll))
+        register_fast_layer(name, functools.partial(layer, unroll=unroll),
+                            functools.partial(tokens_layer, name, unroll=unroll))
 
 
 register_all()

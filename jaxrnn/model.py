@@ -87,11 +87,14 @@ class CharLM:
 
     def apply(self, params, state, tokens, key=None):
         """tokens <int32>[B, T] -> (logits <float>[B, T, V], state)."""
-        x = self._embed(params, tokens.T)  # [T, B, E]
         rnn_key = head_key = None
         if key is not None and self.dropout > 0:
             rnn_key, head_key = jax.random.split(key)
-        hidden, state = self.rnn.apply(params["rnn"], x, state, key=rnn_key)  # [T, B, H]
+        # Layer 0 reads the ids: with the fast layers it gathers rows of the projected
+        # embedding (or of W_ih^T, one-hot) instead of a [T*B, E] x [E, G*H] GEMM.
+        hidden, state = self.rnn.apply_tokens(params["rnn"], tokens.T, params.get("embedding"),
+                                              state, key=rnn_key,
+                                              dtype=jnp.dtype(self.dtype))  # [T, B, H]
         if head_key is not None:
             hidden = dropout(head_key, hidden, self.dropout)
         return jnp.swapaxes(self._head(params, hidden), 0, 1), state  # [B, T, V]

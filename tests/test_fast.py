@@ -317,3 +317,63 @@ def test_embedding_slab_matches_projection_of_gathered_rows(x64, with_table):
     want = loss(by_projection)(params, table, carry0)
     got = loss(by_gather)(params, table, carry0)
     assert _max_abs_diff(want, got) < TOLERANCE_64
+
+
+@pytest.mark.parametrize("mode, with_table", [("lstm", True), ("lstm", False), ("gru", False),
+                                              ("rnn_tanh", True)])
+def test_apply_tokens_matches_torch_float64(x64, mode, with_table):
+    """Recurrent.apply_tokens (layer 0 gathers the projected table) against torch fed
+    nn.Embedding / one-hot rows: outputs, final states and every gradient, the table's too."""
+    num_layers, vocab_size = 2, 6
+    input_size = INPUT_SIZE if with_table else vocab_size
+    torch.manual_seed(1)
+    kwargs = dict(num_layers=num_layers)
+    module = {"lstm": torch.nn.LSTM, "gru": torch.nn.GRU}.get(mode, torch.nn.RNN)(
+        input_size, HIDDEN_SIZE, **kwargs).double()
+    rng = np.random.default_rng(3)
+    ids = rng.integers(0, vocab_size, (STEPS, BATCH))
+    table = rng.standard_normal((vocab_size, input_size))
+    out_weight = rng.standard_normal((STEPS, BATCH, HIDDEN_SIZE))
+
+    t_table = torch.tensor(table, requires_grad=True)
+    t_ids = torch.tensor(ids)
+    t_x = (t_table[t_ids] if with_table
+           else torch.nn.functional.one_hot(t_ids, vocab_size).double())
+    t_out, t_state = module(t_x)
+    t_states = t_state if mode == "lstm" else (t_state,)
+    t_loss = torch.sum(torch.tensor(out_weight) * t_out * t_out) + sum(
+        torch.sum(torch.tanh(s)) for s in t_states)
+    t_loss.backward()
+
+    rnn = Recurrent(mode, input_size, HIDDEN_SIZE, num_layers, impl="fast")
+    params = _params_from_torch(module, num_layers, 1)
+
+    def loss(params, table):
+        out, state = rnn.apply_tokens(params, jnp.asarray(ids), table if with_table else None,
+                                      dtype=jnp.float64)
+        states = state if mode == "lstm" else (state,)
+        return jnp.sum(out_weight * out * out) + sum(jnp.sum(jnp.tanh(s)) for s in states), out
+
+    (value, out), (d_params, d_table) = jax.jit(jax.value_and_grad(loss, (0, 1), has_aux=True))(
+        params, jnp.asarray(table))
+    assert abs(float(value) - t_loss.item()) < TOLERANCE_64
+    assert _max_abs_diff(out, t_out.detach().numpy()) < TOLERANCE_64
+    if with_table:
+        assert _max_abs_diff(d_table, t_table.grad.numpy()) < TOLERANCE_64
+    t_grads = {name: p.grad.numpy() for name, p in module.named_parameters()}
+    for layer in range(num_layers):
+        for name, grad in d_params[layer][0].items():
+            assert _max_abs_diff(grad, t_grads[_torch_key(name, layer, 0)]) < TOLERANCE_64
+
+
+def test_apply_tokens_falls_back_to_apply():
+    """impl="reference" (or no token layer registered) runs apply on the gathered inputs."""
+    rnn = Recurrent("gru", 6, HIDDEN_SIZE, 1, impl="reference", batch_first=True)
+    params = rnn.init(jax.random.key(0))
+    ids = jnp.asarray(np.random.default_rng(0).integers(0, 6, (BATCH, STEPS)))
+    out, h_n = rnn.apply_tokens(params, ids)
+    want_out, want_h = rnn.apply(params, jax.nn.one_hot(ids, 6))
+    assert out.shape == (BATCH, STEPS, HIDDEN_SIZE)
+    assert _max_abs_diff((out, h_n), (want_out, want_h)) < 1e-6
+    with pytest.raises(ValueError, match="table must have shape"):
+        rnn.apply_tokens(params, ids, jnp.zeros((6, 3)))
