@@ -157,7 +157,12 @@ def _lstm_bwd(reverse, unroll, residuals, cotangents):
                              tanh_c * o * (1.0 - o)], axis=-1)
 
     def gate_grads(dh, dc, k):
-        return jnp.concatenate([dc, dc, dc, dh], axis=-1) * k
+        # [dc, dc, dc, dh] * k as one elementwise fusion: a select between broadcasts, not
+        # a concatenate (which XLA:CPU runs as its own op inside the loop)
+        shape = dh.shape[:-1] + (4, dh.shape[-1])
+        is_o = (jnp.arange(4) == 3).reshape((1,) * (dh.ndim - 1) + (4, 1))
+        both = jnp.where(is_o, jnp.expand_dims(dh, -2), jnp.expand_dims(dc, -2))
+        return (jnp.broadcast_to(both, shape) * k.reshape(shape)).reshape(k.shape)
 
     def body(carry, step):
         dh, dc = carry
