@@ -65,6 +65,14 @@ def _project(xs, weight_ih, bias):
     return slab if bias is None else slab + _row(bias, 3)
 
 
+def _tiled_times(x, k):
+    """[x, x, .., x] * k for x [..., H], k [..., G*H]: a broadcast, not a concatenate, so that
+    XLA:CPU fuses it with the multiply (a concatenate runs as its own op inside a loop)."""
+    hidden = x.shape[-1]
+    shape = k.shape[:-1] + (k.shape[-1] // hidden, hidden)
+    return (jnp.expand_dims(x, -2) * k.reshape(shape)).reshape(k.shape)
+
+
 def _previous(states, first, reverse):
     """The state each step reads: [first, s_0, .., s_{T-2}] (reversed time: [s_1, .., first])."""
     if reverse:
@@ -243,12 +251,12 @@ def _gru_bwd(reverse, unroll, residuals, cotangents):
     def body(dh, step):
         dy, k_h, z_t = step
         dh = dh + dy
-        da_h = jnp.concatenate([dh, dh, dh], axis=-1) * k_h  # [B, 3H]
+        da_h = _tiled_times(dh, k_h)  # [B, 3H]
         return dh * z_t + da_h @ weight_hh, dh
 
     dh0, dh_total = jax.lax.scan(body, d_h_last, (d_hs, coef_h, z), reverse=not reverse,
                                  unroll=unroll)
-    da_h = jnp.concatenate([dh_total, dh_total, dh_total], axis=-1) * coef_h
+    da_h = _tiled_times(dh_total, coef_h)
     hidden = coef_n.shape[-1]
     d_weight_hh = _outer_sum(da_h, h_prev)
     d_slab = jnp.concatenate([da_h[..., :2 * hidden], dh_total * coef_n], axis=-1)
