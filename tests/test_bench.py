@@ -63,6 +63,11 @@ def test_loss_check():
     ok, why = wl.loss_check([4.2, 3.9, math.nan, 3.0])
     assert not ok and "non-finite" in why
     assert not wl.loss_check([4.2])[0]
+    # the drop is read over the first max_steps; finiteness over all of them
+    rising_late = np.concatenate([np.linspace(4.2, 3.3, 40), np.linspace(3.3, 5.0, 40)])
+    assert wl.loss_check(rising_late, max_steps=40)[0]
+    assert not wl.loss_check(rising_late, max_steps=80)[0]
+    assert not wl.loss_check(np.append(rising_late, math.inf), max_steps=40)[0]
 
 
 def test_sample_check():
