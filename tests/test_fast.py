@@ -319,11 +319,14 @@ def test_embedding_slab_matches_projection_of_gathered_rows(x64, with_table):
     assert _max_abs_diff(want, got) < TOLERANCE_64
 
 
+@pytest.mark.parametrize("gather", [True, False])
 @pytest.mark.parametrize("mode, with_table", [("lstm", True), ("lstm", False), ("gru", False),
                                               ("rnn_tanh", True)])
-def test_apply_tokens_matches_torch_float64(x64, mode, with_table):
-    """Recurrent.apply_tokens (layer 0 gathers the projected table) against torch fed
-    nn.Embedding / one-hot rows: outputs, final states and every gradient, the table's too."""
+def test_apply_tokens_matches_torch_float64(x64, monkeypatch, mode, with_table, gather):
+    """Recurrent.apply_tokens (layer 0 gathers the projected table, or for few tokens projects
+    the rows) against torch fed nn.Embedding / one-hot rows: outputs, final states and every
+    gradient, the table's too."""
+    monkeypatch.setattr(fast, "GATHER_MIN_TOKENS", 0 if gather else 10**9)
     num_layers, vocab_size = 2, 6
     input_size = INPUT_SIZE if with_table else vocab_size
     torch.manual_seed(1)
