@@ -410,17 +410,22 @@ LAYERS = {"lstm": lstm_layer, "gru": gru_layer, "rnn_tanh": rnn_tanh_layer,
           "rnn_relu": rnn_relu_layer}
 
 
-# Below this many tokens (T*B) layer 0 builds its inputs and projects them with one GEMM:
-# at W1 (25 tokens) that was 10% faster than the gather and its scatter-add gradient, at W2
-# (2,500 tokens) the gather was 9-20% faster.
+# Layer 0 gathers its slab only for a mid-sized one: below GATHER_MIN_TOKENS tokens (T*B) or
+# above GATHER_MAX_SLAB elements (T*B*G*H) it builds its inputs and projects them with one
+# GEMM. W1 (25 tokens): the GEMM 10% faster than the gather and its scatter-add gradient;
+# W2 (1.3M elements): the gather 9-20% faster; W3 (13M) and W4 (16M): the gather, a
+# single-threaded copy of the whole slab (21 ms at W4), within noise to 6% slower, and
+# ~27 MiB more peak memory at W3.
 GATHER_MIN_TOKENS = 256
+GATHER_MAX_SLAB = 4 * 2**20
 
 
 def tokens_layer(mode, params, ids, table, carry0, reverse=False, *, unroll=UNROLL):
     """One unmasked direction fed token ids (`Recurrent.apply_tokens`'s layer 0): the slab
-    is gathered from the projected table (`embedding_slab`), then `run_slab`; for fewer than
-    GATHER_MIN_TOKENS ids, table[ids] (or one-hot rows) is projected instead."""
-    if ids.size >= GATHER_MIN_TOKENS:
+    is gathered from the projected table (`embedding_slab`), then `run_slab`; outside the
+    GATHER_MIN_TOKENS / GATHER_MAX_SLAB range table[ids] (or one-hot rows) is projected."""
+    slab_size = ids.size * params["weight_ih"].shape[0]
+    if GATHER_MIN_TOKENS <= ids.size and slab_size <= GATHER_MAX_SLAB:
         slab = embedding_slab(mode, params, ids, table)
     else:
         dtype = params["weight_ih"].dtype

@@ -327,6 +327,7 @@ def test_apply_tokens_matches_torch_float64(x64, monkeypatch, mode, with_table, 
     the rows) against torch fed nn.Embedding / one-hot rows: outputs, final states and every
     gradient, the table's too."""
     monkeypatch.setattr(fast, "GATHER_MIN_TOKENS", 0 if gather else 10**9)
+    monkeypatch.setattr(fast, "GATHER_MAX_SLAB", 10**9)
     num_layers, vocab_size = 2, 6
     input_size = INPUT_SIZE if with_table else vocab_size
     torch.manual_seed(1)
