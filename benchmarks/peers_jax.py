@@ -194,16 +194,17 @@ def _flax_model(cell: str, hidden_size: int, num_layers: int, vocab_size: int):
     return FlaxCharLM(), zero_carries, cells[cell].__name__
 
 
-def train_flax(workload: wl.Workload, tokens: np.ndarray, vocab_size: int, *,
-               block_steps: int, repeat: int, budget_s: float, warmup_blocks: int) -> dict:
-    import flax
+def _train_stepwise(w: wl.Workload, tokens: np.ndarray, params, carry, logits_fn, *,
+                    block_steps: int, repeat: int, budget_s: float,
+                    warmup_blocks: int) -> dict:
+    """Times one jitted optax step per batch, as a JAX user would write it (flax, jax-cudnn).
 
-    w = workload
-    model, zero_carries, cell_name = _flax_model(w.cell, w.hidden_size, w.num_layers,
-                                                 vocab_size)
-    carries = zero_carries(w.batch_size)
-    x0 = jnp.zeros((w.batch_size, w.seq_len), jnp.int32)
-    params = model.init(jax.random.key(0), carries, x0)
+    Args:
+      params, carry: the model's parameters and zero recurrent state (a pytree).
+      logits_fn: (params, carry, x <int32>[B, T]) -> (logits <float>[B, T, V], new carry).
+    Returns:
+      wl.measure's dict, its compile_s from JAX's compile events.
+    """
     if w.optimizer == "adam":
         optimizer = optax.adam(w.lr, b1=0.9, b2=0.999, eps=1e-8)
     else:
@@ -212,91 +213,11 @@ def train_flax(workload: wl.Workload, tokens: np.ndarray, vocab_size: int, *,
         optimizer = optax.chain(optax.clip(w.clip), optimizer)
     opt_state = optimizer.init(params)
 
-    def loss_fn(params, carries, x, y):
-        logits, new_carries = model.apply(params, carries, x)
+    def loss_fn(params, carry, x, y):
+        logits, new_carry = logits_fn(params, carry, x)
         nll = optax.softmax_cross_entropy_with_integer_labels(logits, y)  # [B, T]
         loss = nll.mean() if w.loss == "mean" else nll.sum() / w.batch_size
-        return loss, new_carries
-
-    @functools.partial(jax.jit, donate_argnums=(0, 1, 2))
-    def train_step(params, opt_state, carries, x, y, reset):
-        carries = jax.tree.map(lambda c: jnp.where(reset, jnp.zeros_like(c), c), carries)
-        (loss, new_carries), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-            params, carries, x, y)
-        updates, opt_state = optimizer.update(grads, opt_state, params)
-        params = optax.apply_updates(params, updates)
-        return params, opt_state, jax.lax.stop_gradient(new_carries), loss
-
-    step = 0
-
-    def run_block(n):
-        nonlocal params, opt_state, carries, step
-        losses = []
-        for _ in range(n):
-            x, y, reset = wl.stream_batch(tokens, step, w.batch_size, w.seq_len)
-            reset = np.bool_(reset or not w.carry_state)
-            params, opt_state, carries, loss = train_step(params, opt_state, carries, x, y,
-                                                          reset)
-            losses.append(loss)
-            step += 1
-        return [float(x) for x in jax.device_get(losses)]
-
-    run_block, compile_s = _noting_compiles(run_block)
-    result = wl.measure(run_block, block_steps, repeat, budget_s, warmup_blocks)
-    result["config"] = {"module": f"flax.linen.RNN({cell_name})", "flax": flax.__version__}
-    return _compile_plus_first_step(result, compile_s[0])
-
-
-# ---------------------------------------------------------------------------- jax-cudnn
-
-
-def train_jax_cudnn(workload: wl.Workload, tokens: np.ndarray, vocab_size: int, *,
-                    block_steps: int, repeat: int, budget_s: float, warmup_blocks: int) -> dict:
-    """LSTM workloads through `jax.experimental.rnn.lstm` (cuDNN's fused LSTM) on a GPU.
-
-    One-hot input -> the cuDNN LSTM stack (one flat weight vector, PyTorch's gate order) ->
-    a linear head; Adam via optax; one jitted step per batch, as the flax peer. Off a GPU
-    there is no cuDNN: it then runs `jax.experimental.rnn.lstm_ref` on the same weights (a
-    plain-JAX reference scan, labelled as such), which keeps the peer testable on CPU.
-    """
-    from jax.experimental import rnn
-
-    w = workload
-    if w.cell != "lstm":
-        raise ValueError(f"jax-cudnn has only an LSTM; {w.id} is a {w.cell}")
-    on_gpu = jax.default_backend() == "gpu"
-    sizes = dict(input_size=vocab_size, hidden_size=w.hidden_size, num_layers=w.num_layers)
-
-    def lstm(x, h0, c0, weights, lengths):  # x [B, T, V] -> y [B, T, H], h_n, c_n [L, B, H]
-        if on_gpu:
-            return rnn.lstm(x, h0, c0, weights, lengths, **sizes, dropout=0.0,
-                            bidirectional=False)
-        unpacked = rnn.unpack_lstm_weights(weights, **sizes, bidirectional=False)
-        return rnn.lstm_ref(x, h0, c0, *unpacked, lengths, **sizes, dropout=0.0,
-                            bidirectional=False)
-
-    key_rnn, key_head = jax.random.split(jax.random.key(0))
-    bound = 1.0 / np.sqrt(w.hidden_size)  # PyTorch's default initialisation, as the others
-    params = {"lstm": rnn.init_lstm_weight(key_rnn, **sizes, bidirectional=False),
-              "head_w": jax.random.uniform(key_head, (w.hidden_size, vocab_size),
-                                           jnp.float32, -bound, bound),
-              "head_b": jnp.zeros((vocab_size,), jnp.float32)}
-    optimizer = optax.adam(w.lr, b1=0.9, b2=0.999, eps=1e-8) if w.optimizer == "adam" \
-        else optax.sgd(w.lr)
-    if w.clip:
-        optimizer = optax.chain(optax.clip(w.clip), optimizer)
-    opt_state = optimizer.init(params)
-    shape = (w.num_layers, w.batch_size, w.hidden_size)
-    carry = (jnp.zeros(shape, jnp.float32), jnp.zeros(shape, jnp.float32))  # (h, c): donated
-    lengths = jnp.full((w.batch_size,), w.seq_len, jnp.int32)
-
-    def loss_fn(params, carry, x, y):
-        inputs = jax.nn.one_hot(x, vocab_size, dtype=jnp.float32)  # [B, T, V]
-        hidden, h_n, c_n = lstm(inputs, *carry, params["lstm"], lengths)
-        logits = hidden @ params["head_w"] + params["head_b"]  # [B, T, V]
-        nll = optax.softmax_cross_entropy_with_integer_labels(logits, y)
-        loss = nll.mean() if w.loss == "mean" else nll.sum() / w.batch_size
-        return loss, (h_n, c_n)
+        return loss, new_carry
 
     @functools.partial(jax.jit, donate_argnums=(0, 1, 2))
     def train_step(params, opt_state, carry, x, y, reset):
@@ -322,9 +243,70 @@ def train_jax_cudnn(workload: wl.Workload, tokens: np.ndarray, vocab_size: int, 
 
     run_block, compile_s = _noting_compiles(run_block)
     result = wl.measure(run_block, block_steps, repeat, budget_s, warmup_blocks)
+    return _compile_plus_first_step(result, compile_s[0])
+
+
+def train_flax(workload: wl.Workload, tokens: np.ndarray, vocab_size: int,
+               **timing) -> dict:
+    import flax
+
+    w = workload
+    model, zero_carries, cell_name = _flax_model(w.cell, w.hidden_size, w.num_layers,
+                                                 vocab_size)
+    carries = zero_carries(w.batch_size)
+    x0 = jnp.zeros((w.batch_size, w.seq_len), jnp.int32)
+    params = model.init(jax.random.key(0), carries, x0)
+    result = _train_stepwise(w, tokens, params, carries, model.apply, **timing)
+    result["config"] = {"module": f"flax.linen.RNN({cell_name})", "flax": flax.__version__}
+    return result
+
+
+# ---------------------------------------------------------------------------- jax-cudnn
+
+
+def train_jax_cudnn(workload: wl.Workload, tokens: np.ndarray, vocab_size: int,
+                    **timing) -> dict:
+    """LSTM workloads through `jax.experimental.rnn.lstm` (cuDNN's fused LSTM) on a GPU.
+
+    One-hot input -> the cuDNN LSTM stack (one flat weight vector, PyTorch's gate order) ->
+    a linear head; Adam via optax; one jitted step per batch, as the flax peer. Off a GPU
+    there is no cuDNN: it then runs `jax.experimental.rnn.lstm_ref` on the same weights (a
+    plain-JAX reference scan, labelled as such), which keeps the peer testable on CPU.
+    """
+    from jax.experimental import rnn
+
+    w = workload
+    if w.cell != "lstm":
+        raise ValueError(f"jax-cudnn has only an LSTM; {w.id} is a {w.cell}")
+    on_gpu = jax.default_backend() == "gpu"
+    sizes = dict(input_size=vocab_size, hidden_size=w.hidden_size, num_layers=w.num_layers)
+    lengths = jnp.full((w.batch_size,), w.seq_len, jnp.int32)
+
+    def lstm(x, h0, c0, weights):  # x [B, T, V] -> y [B, T, H], h_n, c_n [L, B, H]
+        if on_gpu:
+            return rnn.lstm(x, h0, c0, weights, lengths, **sizes, dropout=0.0,
+                            bidirectional=False)
+        unpacked = rnn.unpack_lstm_weights(weights, **sizes, bidirectional=False)
+        return rnn.lstm_ref(x, h0, c0, *unpacked, lengths, **sizes, dropout=0.0,
+                            bidirectional=False)
+
+    def logits_fn(params, carry, x):
+        inputs = jax.nn.one_hot(x, vocab_size, dtype=jnp.float32)  # [B, T, V]
+        hidden, h_n, c_n = lstm(inputs, *carry, params["lstm"])
+        return hidden @ params["head_w"] + params["head_b"], (h_n, c_n)  # [B, T, V]
+
+    key_rnn, key_head = jax.random.split(jax.random.key(0))
+    bound = 1.0 / np.sqrt(w.hidden_size)  # PyTorch's default initialisation, as the others
+    params = {"lstm": rnn.init_lstm_weight(key_rnn, **sizes, bidirectional=False),
+              "head_w": jax.random.uniform(key_head, (w.hidden_size, vocab_size),
+                                           jnp.float32, -bound, bound),
+              "head_b": jnp.zeros((vocab_size,), jnp.float32)}
+    shape = (w.num_layers, w.batch_size, w.hidden_size)
+    carry = (jnp.zeros(shape, jnp.float32), jnp.zeros(shape, jnp.float32))  # (h, c): donated
+    result = _train_stepwise(w, tokens, params, carry, logits_fn, **timing)
     result["config"] = {"module": "jax.experimental.rnn.lstm (cuDNN)" if on_gpu
                         else "jax.experimental.rnn.lstm_ref (no GPU: reference scan, not cuDNN)"}
-    return _compile_plus_first_step(result, compile_s[0])
+    return result
 
 
 # ---------------------------------------------------------------------------- sampling
