@@ -62,3 +62,45 @@ def test_top_k_restricts_choices():
     draws = jax.vmap(lambda k: pick_next(k, logits, 1.0, top_k=2))(
         jax.random.split(jax.random.key(0), 200))
     assert set(np.asarray(draws).ravel().tolist()) == {2, 3}
+
+
+def test_draws_follow_the_softmax():
+    """Frequencies of 40,000 draws match softmax(logits / T) (restricted to the top k) within
+    5 standard errors, through pick_next and through generate's loop."""
+    logits = jnp.array([[0.0, 1.0, 2.0, 3.0, -1.0]])
+
+    def expected(temperature, top_k=0):
+        z = np.asarray(logits[0], np.float64) / temperature
+        if top_k:
+            z = np.where(z < np.sort(z)[-top_k], -np.inf, z)
+        p = np.exp(z - z.max())
+        return p / p.sum()
+
+    def check(draws, want):
+        n = draws.size
+        got = np.bincount(np.asarray(draws).ravel(), minlength=want.size) / n
+        stderr = np.sqrt(want * (1 - want) / n) + 1e-12
+        assert np.all(np.abs(got - want) <= 5 * stderr), (got, want)
+
+    keys = jax.random.split(jax.random.key(0), 40_000)
+    for temperature, top_k in ((1.0, 0), (0.5, 0), (2.0, 3)):
+        draws = jax.vmap(lambda k: pick_next(k, logits, temperature, top_k=top_k))(keys)
+        check(draws, expected(temperature, top_k))
+
+    class Fixed:  # a model whose next-token logits never change
+        vocab_size = 5
+
+        def zero_state(self, batch_size):
+            return jnp.zeros((batch_size,))
+
+        def apply(self, params, state, tokens, key=None):
+            return jnp.broadcast_to(logits, tokens.shape + (5,)), state
+
+        def step(self, params, state, tokens):
+            return state, jnp.broadcast_to(logits, tokens.shape + (5,))
+
+        __hash__ = object.__hash__
+
+    out = generate(Fixed(), None, jnp.zeros((8, 1), jnp.int32), jax.random.key(1), 1.0,
+                   length=5000)
+    check(out, expected(1.0))
