@@ -305,10 +305,11 @@ def format_table(records: list[dict]) -> str:
             speed = (f"{r['chars_per_s_median']:,.0f} [{r['chars_per_s_min']:,.0f}-"
                      f"{r['chars_per_s_max']:,.0f}]")
         check = "ok" if r["ok"] else f"FAIL ({r.get('check')})"
+        memory_mib = r.get("peak_device_mib") if on_gpu else r["peak_rss_mib"]
         lines.append(f"{r['workload']:9s} {r['peer']:15s} {speed:>32s} "
                      f"{_fmt(r['ratio_to_torch'], '.2f'):>8s} {_fmt(r['compile_s'], '.2f'):>9s} "
                      f"{_fmt(r['pct_peak'], '.1f'):>7s} "
-                     f"{_fmt(r.get('peak_device_mib') if on_gpu else r['peak_rss_mib'], '.0f'):>8s}  "
+                     f"{_fmt(memory_mib, '.0f'):>8s}  "
                      f"{check}")
     return "\n".join(lines)
 

@@ -285,9 +285,9 @@ class Recurrent:
         """Runs the network on token ids: layer 0 reads table[ids], or one-hot rows.
 
         Equal to `apply(params, table[ids] or one_hot(ids), hx, key=key)` (time-major, no
-        lengths), but where a fast layer is registered layer 0 never builds its [T, B, I]
-        input nor runs the [T*B, I] x [I, G*H] projection GEMM: it gathers rows of the
-        projected table (table @ W_ih^T + bias, [V, G*H]) instead.
+        lengths), but a registered token layer may skip building layer 0's [T, B, I] input
+        and its [T*B, I] x [I, G*H] projection GEMM: `jaxrnn.fast` gathers rows of the
+        projected table (table @ W_ih^T + bias, [V, G*H]) where that measured faster.
 
         Args:
           ids: <int>[T, B] ([B, T] if batch_first) token ids in [0, V).
@@ -313,7 +313,7 @@ class Recurrent:
             if self.batch_first:
                 x = jnp.swapaxes(x, 0, 1)
             return self.apply(params, x, hx, key=key)
-        steps, batch_size = ids.shape
+        batch_size = ids.shape[1]
         dtype = dtype if table is None else table.dtype
         if hx is None:
             hx = self.zero_state(batch_size, dtype)

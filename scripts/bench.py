@@ -9,8 +9,8 @@ Each peer runs in its own process. Prints a table (chars/s median [min-max] over
 repetitions, ratio to torch, compile time, % of this machine's float32 matmul peak, peak RSS,
 the correctness check) and, with --json, writes the records (after every workload, so a run
 cut short keeps what it measured). On a GPU (--device auto finds one) torch is cuDNN, JAX runs
-on the GPU, and jax-cudnn (jax.experimental.rnn's cuDNN LSTM) joins the LSTM workloads. The full default run takes
-about 10-15 minutes on 2 cores. Method: benchmarks/__init__.py and BENCHMARKS.md.
+on the GPU, and jax-cudnn (jax.experimental.rnn's cuDNN LSTM) joins the LSTM workloads. The
+full default run takes about 10-15 minutes on 2 cores. Method: benchmarks/__init__.py and BENCHMARKS.md.
 """
 
 import argparse
