@@ -98,6 +98,16 @@ def dropout(key, x, rate):
     return jnp.where(keep, x / (1.0 - rate), jnp.zeros_like(x))
 
 
+def token_inputs(ids, table, size: int, dtype):
+    """The inputs token ids stand for: table[ids], or one-hot rows of `size` (table None).
+
+    ids <int>[...] -> <float>[..., size] (table's dtype, or `dtype` for one-hot rows).
+    """
+    if table is None:
+        return jax.nn.one_hot(ids, size, dtype=dtype)
+    return jnp.take(table, ids, axis=0)
+
+
 # jax.core.Tracer is public but jax.core is being slimmed down; keep working if it moves.
 _TRACER = getattr(jax.core, "Tracer", None)
 if _TRACER is None:  # pragma: no cover
@@ -308,8 +318,7 @@ class Recurrent:
         self.check_params(params)
         tokens_fast = self._fast_layer(None, _FAST_TOKEN_LAYERS)
         if tokens_fast is None:
-            x = (jax.nn.one_hot(ids, self.input_size, dtype=dtype) if table is None
-                 else jnp.take(table, ids, axis=0))
+            x = token_inputs(ids, table, self.input_size, dtype)
             if self.batch_first:
                 x = jnp.swapaxes(x, 0, 1)
             return self.apply(params, x, hx, key=key)

@@ -39,7 +39,7 @@ import functools
 import jax
 import jax.numpy as jnp
 
-from jaxrnn.engine import register_fast_layer
+from jaxrnn.engine import register_fast_layer, token_inputs
 
 # `lax.scan` unroll of both loops. unroll=2 and 4 were no faster than 1 at W2 / W3 / W4 / W5
 # (scripts/profile_engine.py; within noise, u4 often 5-15% slower) and compile longer.
@@ -348,8 +348,8 @@ def embedding_slab(mode, params, ids, table=None):
 
     Returns:
       <float>[T, B, G*H]: rows of the projected table (table @ W_ih^T + bias, [V, G*H], one
-      small GEMM) gathered by id, so no [T*B, D] x [D, G*H] GEMM runs (about 5% of a 2-layer
-      W2 forward+backward). The gather's VJP is `jnp.take`'s scatter-add: a custom VJP doing
+      small GEMM) gathered by id, so no [T*B, D] x [D, G*H] GEMM runs (9-20% of a W2
+      training step; see GATHER_MIN_TOKENS for where it does not pay). The gather's VJP is `jnp.take`'s scatter-add: a custom VJP doing
       one_hot(ids)^T @ d_slab instead was 2.4x slower for that op at W2 (1.2 vs 2.7 ms) and
       15% faster at W3 / W4 sizes (32 vs 37 ms, 38 vs 46 ms), under 3% of a step either way.
     """
@@ -428,9 +428,8 @@ def tokens_layer(mode, params, ids, table, carry0, reverse=False, *, unroll=UNRO
     if GATHER_MIN_TOKENS <= ids.size and slab_size <= GATHER_MAX_SLAB:
         slab = embedding_slab(mode, params, ids, table)
     else:
-        dtype = params["weight_ih"].dtype
-        inputs = (jax.nn.one_hot(ids, params["weight_ih"].shape[1], dtype=dtype)
-                  if table is None else jnp.take(table, ids, axis=0))
+        weight_ih = params["weight_ih"]
+        inputs = token_inputs(ids, table, weight_ih.shape[1], weight_ih.dtype)
         slab = project(mode, params, inputs)
     return run_slab(mode, params, slab, carry0, reverse, unroll=unroll)
 

@@ -44,7 +44,9 @@ def pick_with_uniform(u, logits, temperature, top_k: int = 0, argmax: bool = Fal
     if top_k:
         kth = jax.lax.top_k(logits, top_k)[0][:, -1:]  # [B, 1]
         logits = jnp.where(logits < kth, -jnp.inf, logits)
-    cdf = jnp.cumsum(jax.nn.softmax(logits.astype(jnp.float32), axis=-1), axis=-1)  # [B, V]
+    # at least float32 (bf16 logits), float64 kept under x64
+    logits = logits.astype(jnp.promote_types(logits.dtype, jnp.float32))
+    cdf = jnp.cumsum(jax.nn.softmax(logits, axis=-1), axis=-1)  # [B, V]
     # Tokens of probability 0 (outside the top k) never reach: their cdf equals the previous.
     token = jnp.sum(cdf < u * cdf[:, -1:], axis=-1)
     return jnp.minimum(token, logits.shape[-1] - 1).astype(jnp.int32)
