@@ -5,7 +5,8 @@
 #   OUT=out/gpu bash benchmarks/gpu_session.sh        # writes tests.txt, bench_gpu.{txt,json}
 #
 # Needs data/tinyshakespeare.txt (scripts/prepare_data.py) and python3 with jax[cuda], torch
-# (CUDA), flax and optax. Budgets: TEST_S for the tests, BENCH_S for the benchmark, whose JSON
+# (CUDA), flax and optax. Budgets: TEST_S for the tests, BENCH_S for the benchmark (PEERS picks
+# its peers), whose JSON
 # is rewritten after every workload, so a run cut short keeps what it measured. The workloads
 # run in the order of the GPU goal (W3, W4 first). torch-loop and autograd are left out: on a
 # GPU they measure Python's loop, not the engine.
@@ -13,6 +14,7 @@ set -u
 OUT=${OUT:-out/gpu}
 TEST_S=${TEST_S:-100}
 BENCH_S=${BENCH_S:-240}
+PEERS=${PEERS:-jaxrnn,torch,flax,jax-cudnn}
 PYTHON=${PYTHON:-python3}
 mkdir -p "$OUT"
 export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
@@ -31,6 +33,6 @@ JAX_DEFAULT_MATMUL_PRECISION=highest timeout "$TEST_S" $PYTHON -m pytest -q -p n
 echo "tests exit: ${PIPESTATUS[0]}" | tee -a "$OUT/tests.txt"
 
 timeout "$BENCH_S" $PYTHON scripts/bench.py --device gpu --tf32 on \
-  --workloads W3,W4,W2,S1,W5,W1 --peers jaxrnn,torch,flax,jax-cudnn \
+  --workloads W3,W4,W2,S1,W5,W1 --peers "$PEERS" \
   --budget 2 --repeat 5 --no-bracket --json "$OUT/bench_gpu.json" 2>&1 | tee "$OUT/bench_gpu.txt"
 echo "bench exit: ${PIPESTATUS[0]}" | tee -a "$OUT/bench_gpu.txt"

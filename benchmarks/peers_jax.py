@@ -162,7 +162,12 @@ def train_jaxrnn(workload: wl.Workload, peer: str, tokens: np.ndarray, vocab_siz
 
     run_block, compile_s = _noting_compiles(run_block)
     result = wl.measure(run_block, K, repeat, budget_s, warmup_blocks)
-    result["config"] = {"model": config.model, "impl": impl, "steps_per_call": K}
+    from jaxrnn import kernels
+
+    # whether the LSTM layers ran the fused CPU kernel (jaxrnn.kernels) or pure JAX
+    cpu_kernel = workload.cell == "lstm" and kernels.enabled(jnp.float32)
+    result["config"] = {"model": config.model, "impl": impl, "steps_per_call": K,
+                        "cpu_kernel": "lstm" if cpu_kernel else "none"}
     return _compile_plus_first_step(result, compile_s[0])
 
 

@@ -25,6 +25,9 @@ What the custom VJP does, and why (numbers in scripts/profile_engine.py, PERF_NO
 Notation (PyTorch's, see jaxrnn.cells): a = the gates' pre-activations; h_{t-1} is the state
 the step at t reads (h_{t+1} when running in reverse); G = 4 (LSTM), 3 (GRU), 1 (Elman).
 
+On the CPU, the LSTM recurrence is the fused kernel of `jaxrnn.kernels` (one custom call per
+loop; `lstm_recurrence_kernel`) when it is built; the scan above is the fallback everywhere else.
+
 The recurrences take the slab, not xs, so that layer 0 can be fed token ids without the
 projection GEMM: `embedding_slab` gathers rows of the projected embedding table.
 
@@ -39,6 +42,7 @@ import functools
 import jax
 import jax.numpy as jnp
 
+from jaxrnn import kernels
 from jaxrnn.engine import register_fast_layer, token_inputs
 
 # `lax.scan` unroll of both loops. unroll=2 and 4 were no faster than 1 at W2 / W3 / W4 / W5
@@ -192,6 +196,31 @@ def _lstm_bwd(reverse, unroll, residuals, cotangents):
 
 
 lstm_recurrence.defvjp(_lstm_fwd, _lstm_bwd)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4,))
+def lstm_recurrence_kernel(weight_hh, slab, h0, c0, reverse=False):
+    """`lstm_recurrence` by the fused CPU kernel (`jaxrnn.kernels`): both loops are one custom
+    call each, and the backward's gate derivatives are computed inside its loop, so no
+    [T, B, 4H] factors are held. Same arguments and results, CPU only."""
+    hs, _, _, h_t, c_t = kernels.lstm_forward(weight_hh, slab, h0, c0, reverse)
+    return hs, h_t, c_t
+
+
+def _lstm_kernel_fwd(weight_hh, slab, h0, c0, reverse):
+    hs, cs, gates, h_t, c_t = kernels.lstm_forward(weight_hh, slab, h0, c0, reverse)
+    return (hs, h_t, c_t), (weight_hh, h0, c0, hs, cs, gates)
+
+
+def _lstm_kernel_bwd(reverse, residuals, cotangents):
+    weight_hh, h0, c0, hs, cs, gates = residuals
+    d_hs, d_h_last, d_c_last = cotangents
+    da, dh0, dc0 = kernels.lstm_backward(weight_hh, gates, cs, c0, d_hs, d_h_last, d_c_last,
+                                         reverse)
+    return _outer_sum(da, _previous(hs, h0, reverse)), da, dh0, dc0
+
+
+lstm_recurrence_kernel.defvjp(_lstm_kernel_fwd, _lstm_kernel_bwd)
 
 
 # ------------------------------------------------------------------------------- GRU
@@ -369,7 +398,10 @@ def run_slab(mode, params, slab, carry0, reverse=False, *, unroll=UNROLL):
     weight_hh = params["weight_hh"]
     if mode == "lstm":
         h0, c0 = carry0
-        hs, h_t, c_t = lstm_recurrence(weight_hh, slab, h0, c0, reverse, unroll)
+        if kernels.enabled(slab.dtype):
+            hs, h_t, c_t = lstm_recurrence_kernel(weight_hh, slab, h0, c0, reverse)
+        else:
+            hs, h_t, c_t = lstm_recurrence(weight_hh, slab, h0, c0, reverse, unroll)
         return hs, (h_t, c_t)
     if mode == "gru":
         bias_hn = None

@@ -10,10 +10,14 @@ jax.config.update("jax_numpy_rank_promotion", "raise")
 
 @pytest.fixture(scope="session", autouse=True)
 def compile_cache(tmp_path_factory):
-    """The scripts' persistent compilation cache (jaxrnn.compile_cache) in a folder of this
-    test session, never the user's ~/.cache; the scripts run as subprocesses inherit it."""
+    """The scripts' persistent compilation cache (jaxrnn.compile_cache) and the kernels'
+    build folder in folders of this test session, never the user's ~/.cache; the scripts run
+    as subprocesses inherit them."""
     if "JAXRNN_COMPILE_CACHE" not in os.environ:
         os.environ["JAXRNN_COMPILE_CACHE"] = str(tmp_path_factory.mktemp("xla-cache"))
+    # and the fused CPU kernels (jaxrnn.kernels), built once per session
+    if "JAXRNN_KERNEL_CACHE" not in os.environ:
+        os.environ["JAXRNN_KERNEL_CACHE"] = str(tmp_path_factory.mktemp("kernel-cache"))
     yield
 
 

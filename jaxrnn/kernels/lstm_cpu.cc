@@ -1,0 +1,337 @@
+// Fused CPU kernels for one LSTM direction (jax.ffi): the forward time loop, and the backward
+// loop that produces the gate gradients, each in one XLA custom call.
+//
+// Why: inside an XLA:CPU while loop every fusion, slice and stack runs as its own op at
+// ~5-6 us, so a pure-JAX layer-step costs about twice its recurrent GEMM (BENCHMARKS.md).
+// Here a step is one GEMM and one vectorised pass over the gates per thread.
+//
+// Layouts (PyTorch's, gates i, f, g, o; row-major):
+//   w      [4H, H]      weight_hh
+//   slab   [T, B, 4H]   x_t @ W_ih^T + b_ih + b_hh
+//   h0, c0 [B, H]
+//   hs, cs [T, B, H]    states after each step (time order, also when reverse)
+//   gates  [T, B, 4H]   activated gates sigmoid(i), sigmoid(f), tanh(g), sigmoid(o)
+//   da     [T, B, 4H]   d loss / d pre-activations (the slab's gradient)
+//
+// Work split: the hidden units are cut into P parts, one per thread of XLA's intra-op pool.
+// Part p owns units [j0, j1): the gate columns g*H + j of those units, so a forward step is,
+// per part, one single-threaded GEMM h_{t-1} @ W_p^T (W_p = those 4(j1-j0) rows of W, packed
+// once per call) and the elementwise update of its own units. All parts of a step must see
+// the whole h_{t-1}: the steps are "phases", and a phase starts when the previous one is done.
+// The backward has two phases per step: the gate gradients of a part's units (they need only
+// that part's dh), then the part's columns of dh = da_t @ W (they need all of da_t).
+//
+// Threads claim (phase, part) tasks from one atomic counter, so the calling thread alone can
+// finish the call if the pool's workers are busy: no deadlock, whatever the pool does.
+//
+// The GEMMs call the process's BLAS (numpy's OpenBLAS), set once by jaxrnn_set_blas(), single-
+// threaded inside a task when the BLAS can be told so per thread. jaxrnn/kernels/__init__.py
+// compiles this file with -O3 -march=native and the glibc flags that let GCC call libmvec's
+// vector exp and tanh (-D__FAST_MATH__ without -ffast-math's other assumptions).
+
+#include <algorithm>
+#include <atomic>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <memory>
+#include <thread>
+#include <vector>
+
+#include "xla/ffi/api/ffi.h"
+
+namespace ffi = xla::ffi;
+
+namespace {
+
+// cblas_?gemm with 64-bit integers (ILP64) or 32-bit ones (LP64).
+using Sgemm64 = void (*)(int, int, int, int64_t, int64_t, int64_t, float, const float*, int64_t,
+                         const float*, int64_t, float, float*, int64_t);
+using Dgemm64 = void (*)(int, int, int, int64_t, int64_t, int64_t, double, const double*,
+                         int64_t, const double*, int64_t, double, double*, int64_t);
+using Sgemm32 = void (*)(int, int, int, int, int, int, float, const float*, int, const float*,
+                         int, float, float*, int);
+using Dgemm32 = void (*)(int, int, int, int, int, int, double, const double*, int,
+                         const double*, int, double, double*, int);
+using SetLocalThreads = int (*)(int);
+
+void* g_sgemm = nullptr;
+void* g_dgemm = nullptr;
+bool g_ilp64 = true;
+SetLocalThreads g_set_local_threads = nullptr;
+int g_parts = 0;  // 0: one part per thread of the pool; else this many (tests)
+
+constexpr int kRowMajor = 101, kNoTrans = 111, kTrans = 112;
+
+// C[m, n] = A[m, k] @ op(B) + beta C; op(B) = B^T (B is [n, k]) if trans_b, else B ([k, n]).
+template <typename T>
+void Gemm(bool trans_b, int64_t m, int64_t n, int64_t k, const T* a, int64_t lda, const T* b,
+          int64_t ldb, T beta, T* c, int64_t ldc) {
+  const int tb = trans_b ? kTrans : kNoTrans;
+  if constexpr (sizeof(T) == 4) {
+    if (g_ilp64)
+      reinterpret_cast<Sgemm64>(g_sgemm)(kRowMajor, kNoTrans, tb, m, n, k, 1.0f, a, lda, b, ldb,
+                                         beta, c, ldc);
+    else
+      reinterpret_cast<Sgemm32>(g_sgemm)(kRowMajor, kNoTrans, tb, m, n, k, 1.0f, a, lda, b, ldb,
+                                         beta, c, ldc);
+  } else {
+    if (g_ilp64)
+      reinterpret_cast<Dgemm64>(g_dgemm)(kRowMajor, kNoTrans, tb, m, n, k, 1.0, a, lda, b, ldb,
+                                         beta, c, ldc);
+    else
+      reinterpret_cast<Dgemm32>(g_dgemm)(kRowMajor, kNoTrans, tb, m, n, k, 1.0, a, lda, b, ldb,
+                                         beta, c, ldc);
+  }
+}
+
+template <typename T>
+inline T Sigmoid(T x) {
+  return T(1) / (T(1) + std::exp(-x));
+}
+
+// The forward update of one batch row's units [j0, j0 + units): x is the slab row and gate
+// the gates row, both at j0 (gate stride H); a is the row of h_prev @ W_p^T (gate stride
+// units). Separate loops with restrict pointers, so that each vectorises (libmvec exp, tanh).
+template <typename T>
+__attribute__((noinline)) void ForwardUnits(int64_t units, int64_t hidden,
+                                            const T* __restrict x, const T* __restrict a,
+                                            const T* __restrict c_prev, T* __restrict gate,
+                                            T* __restrict c, T* __restrict h) {
+  for (int64_t j = 0; j < units; ++j) gate[j] = Sigmoid(x[j] + a[j]);
+  for (int64_t j = 0; j < units; ++j) gate[hidden + j] = Sigmoid(x[hidden + j] + a[units + j]);
+  for (int64_t j = 0; j < units; ++j)
+    gate[2 * hidden + j] = std::tanh(x[2 * hidden + j] + a[2 * units + j]);
+  for (int64_t j = 0; j < units; ++j)
+    gate[3 * hidden + j] = Sigmoid(x[3 * hidden + j] + a[3 * units + j]);
+  for (int64_t j = 0; j < units; ++j) {
+    const T cj = gate[hidden + j] * c_prev[j] + gate[j] * gate[2 * hidden + j];
+    c[j] = cj;
+    h[j] = gate[3 * hidden + j] * std::tanh(cj);
+  }
+}
+
+// The backward update of one batch row's units (see LstmBackward); gate and da at j0 with
+// gate stride H; dh, dc are the carries, dc updated in place.
+template <typename T>
+__attribute__((noinline)) void BackwardUnits(int64_t units, int64_t hidden,
+                                             const T* __restrict gate, const T* __restrict c,
+                                             const T* __restrict c_prev, const T* __restrict dy,
+                                             const T* __restrict dh_in, T* __restrict dc_io,
+                                             T* __restrict da) {
+  const T* __restrict i = gate;
+  const T* __restrict f = gate + hidden;
+  const T* __restrict g = gate + 2 * hidden;
+  const T* __restrict o = gate + 3 * hidden;
+  for (int64_t j = 0; j < units; ++j) {
+    const T dh = dh_in[j] + dy[j];
+    const T tc = std::tanh(c[j]);
+    const T dc = dc_io[j] + dh * o[j] * (T(1) - tc * tc);
+    da[j] = dc * g[j] * i[j] * (T(1) - i[j]);
+    da[hidden + j] = dc * c_prev[j] * f[j] * (T(1) - f[j]);
+    da[2 * hidden + j] = dc * i[j] * (T(1) - g[j] * g[j]);
+    da[3 * hidden + j] = dh * tc * o[j] * (T(1) - o[j]);
+    dc_io[j] = dc * f[j];
+  }
+}
+
+// Runs task(phase, part) for every phase in order and every part, on the calling thread and
+// on up to parts - 1 pool threads. A task of phase q starts only after every task of phase
+// q - 1 has finished.
+class PhaseRunner {
+ public:
+  template <typename Task>
+  static void Run(ffi::ThreadPool& pool, int64_t phases, int64_t parts, Task task) {
+    auto state = std::make_shared<State>();
+    const int64_t total = phases * parts;
+    auto work = [state, total, parts, task]() {
+      int previous = g_set_local_threads ? g_set_local_threads(1) : 0;
+      for (;;) {
+        const int64_t n = state->next.fetch_add(1, std::memory_order_relaxed);
+        if (n >= total) break;
+        const int64_t phase = n / parts;
+        const int64_t needed = phase * parts;
+        for (int spins = 0; state->done.load(std::memory_order_acquire) < needed; ++spins)
+          if (spins > 4096) std::this_thread::yield();
+        task(phase, n % parts);
+        state->done.fetch_add(1, std::memory_order_acq_rel);
+      }
+      if (g_set_local_threads) g_set_local_threads(previous);
+    };
+    for (int64_t i = 1; i < parts; ++i) {
+      auto copy = work;
+      pool.Schedule(std::move(copy));
+    }
+    work();
+    for (int spins = 0; state->done.load(std::memory_order_acquire) < total; ++spins)
+      if (spins > 4096) std::this_thread::yield();
+  }
+
+ private:
+  struct State {
+    std::atomic<int64_t> next{0};
+    std::atomic<int64_t> done{0};
+  };
+};
+
+int64_t NumParts(ffi::ThreadPool& pool, int64_t hidden) {
+  if (g_parts > 0) return std::max<int64_t>(1, std::min<int64_t>(g_parts, hidden));
+  // one part per thread, each of at least 16 units, so that no GEMM is too thin
+  const int64_t threads = std::max<int64_t>(1, pool.num_threads());
+  return std::max<int64_t>(1, std::min<int64_t>(threads, hidden / 16));
+}
+
+// Per part p: units [Begin(p), Begin(p + 1)).
+struct Split {
+  int64_t hidden, parts;
+  int64_t Begin(int64_t p) const { return hidden * p / parts; }
+};
+
+template <ffi::DataType DT>
+ffi::Error LstmForward(ffi::ThreadPool pool, ffi::Buffer<DT> w, ffi::Buffer<DT> slab,
+                       ffi::Buffer<DT> h0, ffi::Buffer<DT> c0, int32_t reverse,
+                       ffi::ResultBuffer<DT> hs, ffi::ResultBuffer<DT> cs,
+                       ffi::ResultBuffer<DT> gates, ffi::ResultBuffer<DT> h_last,
+                       ffi::ResultBuffer<DT> c_last) {
+  using T = ffi::NativeType<DT>;
+  auto dims = slab.dimensions();
+  if (dims.size() != 3 || dims[2] % 4 != 0)
+    return ffi::Error::InvalidArgument("slab must be [T, B, 4H]");
+  const int64_t steps = dims[0], batch = dims[1], width = dims[2], hidden = width / 4;
+  if (w.dimensions().size() != 2 || w.dimensions()[0] != width || w.dimensions()[1] != hidden)
+    return ffi::Error::InvalidArgument("weight_hh must be [4H, H] for a [T, B, 4H] slab");
+  const int64_t state = batch * hidden, slab_step = batch * width;
+  const Split split{hidden, NumParts(pool, hidden)};
+  const T* wp = w.typed_data();
+  const T* xp = slab.typed_data();
+  T* hp = hs->typed_data();
+  T* cp = cs->typed_data();
+  T* gp = gates->typed_data();
+
+  // W_p^T [H, 4 units]: the rows g*H + j (j in part p) of W, transposed, so that the GEMM
+  // runs on untransposed operands (1.3-2x faster in OpenBLAS at these sizes); and its output
+  std::vector<std::vector<T>> packed(split.parts), scratch(split.parts);
+  for (int64_t p = 0; p < split.parts; ++p) {
+    const int64_t j0 = split.Begin(p), units = split.Begin(p + 1) - j0;
+    packed[p].resize(4 * units * hidden);
+    scratch[p].resize(batch * 4 * units);
+    for (int64_t g = 0; g < 4; ++g)
+      for (int64_t u = 0; u < units; ++u)
+        for (int64_t k = 0; k < hidden; ++k)
+          packed[p][k * 4 * units + g * units + u] = wp[(g * hidden + j0 + u) * hidden + k];
+  }
+
+  auto step = [&](int64_t n, int64_t p) {
+    const int64_t t = reverse ? steps - 1 - n : n;
+    const int64_t t_prev = reverse ? t + 1 : t - 1;
+    const bool first = n == 0;
+    const T* h_prev = first ? h0.typed_data() : hp + t_prev * state;
+    const T* c_prev = first ? c0.typed_data() : cp + t_prev * state;
+    const int64_t j0 = split.Begin(p), units = split.Begin(p + 1) - j0;
+    T* a = scratch[p].data();  // [B, 4 units] = h_prev @ W_p^T
+    Gemm<T>(false, batch, 4 * units, hidden, h_prev, hidden, packed[p].data(), 4 * units, T(0),
+            a, 4 * units);
+    for (int64_t b = 0; b < batch; ++b)
+      ForwardUnits<T>(units, hidden, xp + t * slab_step + b * width + j0, a + b * 4 * units,
+                      c_prev + b * hidden + j0, gp + t * slab_step + b * width + j0,
+                      cp + t * state + b * hidden + j0, hp + t * state + b * hidden + j0);
+  };
+  if (steps > 0) PhaseRunner::Run(pool, steps, split.parts, step);
+
+  const int64_t t_last = reverse ? 0 : steps - 1;
+  std::memcpy(h_last->typed_data(), steps ? hp + t_last * state : h0.typed_data(),
+              sizeof(T) * state);
+  std::memcpy(c_last->typed_data(), steps ? cp + t_last * state : c0.typed_data(),
+              sizeof(T) * state);
+  return ffi::Error::Success();
+}
+
+// Backward, per step t (against the forward's direction), with carries dh, dc:
+//   dh += dy_t;  dc_t = dc + dh o (1 - tanh(c)^2)
+//   da_i = dc_t g i (1-i), da_f = dc_t c_prev f (1-f), da_g = dc_t i (1-g^2),
+//   da_o = dh tanh(c) o (1-o);  dc <- dc_t f;  dh <- da_t @ W_hh
+template <ffi::DataType DT>
+ffi::Error LstmBackward(ffi::ThreadPool pool, ffi::Buffer<DT> w, ffi::Buffer<DT> gates,
+                        ffi::Buffer<DT> cs, ffi::Buffer<DT> c0, ffi::Buffer<DT> d_hs,
+                        ffi::Buffer<DT> d_h_last, ffi::Buffer<DT> d_c_last, int32_t reverse,
+                        ffi::ResultBuffer<DT> da, ffi::ResultBuffer<DT> d_h0,
+                        ffi::ResultBuffer<DT> d_c0) {
+  using T = ffi::NativeType<DT>;
+  auto dims = gates.dimensions();
+  const int64_t steps = dims[0], batch = dims[1], width = dims[2], hidden = width / 4;
+  const int64_t state = batch * hidden, slab_step = batch * width;
+  const Split split{hidden, NumParts(pool, hidden)};
+  const T* wp = w.typed_data();
+  const T* gp = gates.typed_data();
+  const T* cp = cs.typed_data();
+  const T* dyp = d_hs.typed_data();
+  T* dap = da->typed_data();
+  T* dh_carry = d_h0->typed_data();  // the carries live in the outputs
+  T* dc_carry = d_c0->typed_data();
+  std::memcpy(dh_carry, d_h_last.typed_data(), sizeof(T) * state);
+  std::memcpy(dc_carry, d_c_last.typed_data(), sizeof(T) * state);
+
+  auto phase = [&](int64_t q, int64_t p) {
+    const int64_t n = q / 2;
+    const int64_t t = reverse ? n : steps - 1 - n;
+    const int64_t j0 = split.Begin(p), units = split.Begin(p + 1) - j0;
+    T* a = dap + t * slab_step;
+    if (q % 2 == 1) {  // dh[:, j0:j1] = da_t @ W[:, j0:j1]
+      Gemm<T>(false, batch, units, width, a, width, wp + j0, hidden, T(0), dh_carry + j0,
+              hidden);
+      return;
+    }
+    const int64_t t_prev = reverse ? t + 1 : t - 1;
+    const T* c_prev = (t_prev < 0 || t_prev >= steps) ? c0.typed_data() : cp + t_prev * state;
+    for (int64_t b = 0; b < batch; ++b)
+      BackwardUnits<T>(units, hidden, gp + t * slab_step + b * width + j0,
+                       cp + t * state + b * hidden + j0, c_prev + b * hidden + j0,
+                       dyp + t * state + b * hidden + j0, dh_carry + b * hidden + j0,
+                       dc_carry + b * hidden + j0, a + b * width + j0);
+  };
+  if (steps > 0) PhaseRunner::Run(pool, 2 * steps, split.parts, phase);
+  return ffi::Error::Success();
+}
+
+}  // namespace
+
+extern "C" void jaxrnn_set_blas(void* sgemm, void* dgemm, int ilp64, void* set_local_threads) {
+  g_sgemm = sgemm;
+  g_dgemm = dgemm;
+  g_ilp64 = ilp64 != 0;
+  g_set_local_threads = reinterpret_cast<SetLocalThreads>(set_local_threads);
+}
+
+extern "C" void jaxrnn_set_parts(int parts) { g_parts = parts; }
+
+#define JAXRNN_LSTM_HANDLERS(SUFFIX, DT)                                              \
+  XLA_FFI_DEFINE_HANDLER_SYMBOL(jaxrnn_lstm_forward_##SUFFIX, LstmForward<DT>,        \
+                                ffi::Ffi::Bind()                                     \
+                                    .Ctx<ffi::ThreadPool>()                          \
+                                    .Arg<ffi::Buffer<DT>>()                          \
+                                    .Arg<ffi::Buffer<DT>>()                          \
+                                    .Arg<ffi::Buffer<DT>>()                          \
+                                    .Arg<ffi::Buffer<DT>>()                          \
+                                    .Attr<int32_t>("reverse")                        \
+                                    .Ret<ffi::Buffer<DT>>()                          \
+                                    .Ret<ffi::Buffer<DT>>()                          \
+                                    .Ret<ffi::Buffer<DT>>()                          \
+                                    .Ret<ffi::Buffer<DT>>()                          \
+                                    .Ret<ffi::Buffer<DT>>());                        \
+  XLA_FFI_DEFINE_HANDLER_SYMBOL(jaxrnn_lstm_backward_##SUFFIX, LstmBackward<DT>,      \
+                                ffi::Ffi::Bind()                                     \
+                                    .Ctx<ffi::ThreadPool>()                          \
+                                    .Arg<ffi::Buffer<DT>>()                          \
+                                    .Arg<ffi::Buffer<DT>>()                          \
+                                    .Arg<ffi::Buffer<DT>>()                          \
+                                    .Arg<ffi::Buffer<DT>>()                          \
+                                    .Arg<ffi::Buffer<DT>>()                          \
+                                    .Arg<ffi::Buffer<DT>>()                          \
+                                    .Arg<ffi::Buffer<DT>>()                          \
+                                    .Attr<int32_t>("reverse")                        \
+                                    .Ret<ffi::Buffer<DT>>()                          \
+                                    .Ret<ffi::Buffer<DT>>()                          \
+                                    .Ret<ffi::Buffer<DT>>());
+
+JAXRNN_LSTM_HANDLERS(f32, ffi::F32)
+JAXRNN_LSTM_HANDLERS(f64, ffi::F64)

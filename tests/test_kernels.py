@@ -1,0 +1,162 @@
+"""The fused CPU LSTM kernel (`jaxrnn.kernels`, used by `jaxrnn.fast` on the CPU).
+
+1. Against torch.nn.LSTM in float64 (outputs, final states, every gradient), two layers,
+   bidirectional, with the hidden units split in uneven parts; the compiled program is checked
+   to contain the kernel's custom calls, so the comparison is of the kernel, not a fallback.
+2. Against the pure-JAX reference scan (impl="reference") in float32, at T = 1 and with more
+   parts than units would normally allow, and through a jitted training-style gradient.
+3. Switched off, the same layer compiles without the custom calls and gives the same numbers;
+   when the build fails, a warning names the reason and the pure-JAX layers run.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import torch
+
+from jaxrnn import Recurrent, kernels
+
+pytestmark = pytest.mark.skipif(
+    sys.platform != "linux" or shutil.which(os.environ.get("CXX") or "c++") is None,
+    reason="the kernels are built on Linux with a C++ compiler")
+
+TOLERANCE_64 = 1e-10
+
+
+@pytest.fixture(autouse=True)
+def kernel_settings():
+    """Kernels on and automatic parts for each test, restored afterwards."""
+    kernels.set_enabled(True)
+    yield
+    kernels.set_parts(0)
+    kernels.set_enabled(None)
+
+
+def _max_abs_diff(a, b) -> float:
+    leaves_a, leaves_b = jax.tree.leaves(a), jax.tree.leaves(b)
+    assert len(leaves_a) == len(leaves_b)
+    return max(float(np.max(np.abs(np.asarray(x) - np.asarray(y))))
+               for x, y in zip(leaves_a, leaves_b))
+
+
+def _lowered_text(fn, *args) -> str:
+    return jax.jit(fn).lower(*args).as_text()
+
+
+def test_kernel_builds_here():
+    assert kernels.enabled(np.float32), kernels.unavailable_reason()
+    assert kernels.enabled(np.float64)
+    assert not kernels.enabled(jnp.bfloat16)
+
+
+@pytest.mark.parametrize("parts", [0, 3])
+def test_matches_torch_lstm_float64(x64, parts):
+    steps, batch, input_size, hidden, layers = 6, 3, 5, 10, 2
+    kernels.set_parts(parts)  # 3: units split 3, 3, 4
+    torch.manual_seed(1)
+    module = torch.nn.LSTM(input_size, hidden, layers, bidirectional=True).double()
+    state = {n: jnp.asarray(p.detach().numpy()) for n, p in module.named_parameters()}
+    params = [[{name: state[f"{name}_l{layer}" + ("_reverse" if d else "")]
+                for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")}
+               for d in range(2)] for layer in range(layers)]
+    rnn = Recurrent("lstm", input_size, hidden, layers, bidirectional=True, impl="fast")
+
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((steps, batch, input_size))
+    h0, c0 = rng.standard_normal((2, 2 * layers, batch, hidden))
+    out_weight = rng.standard_normal((steps, batch, 2 * hidden))
+
+    tx, th0, tc0 = (torch.tensor(a, requires_grad=True) for a in (x, h0, c0))
+    t_out, (t_h, t_c) = module(tx, (th0, tc0))
+    t_loss = torch.sum(torch.tensor(out_weight) * t_out * t_out) + torch.sum(
+        torch.tanh(t_h)) + torch.sum(torch.sin(2 * t_c))
+    t_loss.backward()
+
+    def loss(params, x, h0, c0):
+        out, (h, c) = rnn.apply(params, x, (h0, c0))
+        return (jnp.sum(out_weight * out * out) + jnp.sum(jnp.tanh(h))
+                + jnp.sum(jnp.sin(2 * c))), (out, h, c)
+
+    args = (params, jnp.asarray(x), jnp.asarray(h0), jnp.asarray(c0))
+    grad_fn = jax.value_and_grad(loss, (0, 1, 2, 3), has_aux=True)
+    text = _lowered_text(grad_fn, *args)
+    assert "jaxrnn_lstm_forward_f64" in text and "jaxrnn_lstm_backward_f64" in text
+    (value, (out, h, c)), (d_params, d_x, d_h0, d_c0) = jax.jit(grad_fn)(*args)
+
+    assert abs(float(value) - t_loss.item()) < TOLERANCE_64
+    assert _max_abs_diff((out, h, c), (t_out.detach(), t_h.detach(), t_c.detach())) \
+        < TOLERANCE_64
+    assert _max_abs_diff((d_x, d_h0, d_c0), (tx.grad, th0.grad, tc0.grad)) < TOLERANCE_64
+    grads = {n: p.grad.numpy() for n, p in module.named_parameters()}
+    for layer in range(layers):
+        for d in range(2):
+            for name, value in d_params[layer][d].items():
+                key = f"{name}_l{layer}" + ("_reverse" if d else "")
+                assert _max_abs_diff(value, grads[key]) < TOLERANCE_64, key
+
+
+@pytest.mark.parametrize("steps, hidden, parts", [(1, 7, 0), (9, 40, 0), (9, 40, 5), (4, 3, 8)])
+def test_matches_reference_float32(steps, hidden, parts):
+    """float32 against the pure-JAX scan; 8 parts of 3 units means 3 parts of one unit."""
+    kernels.set_parts(parts)
+    batch, input_size = 4, 6
+    fast = Recurrent("lstm", input_size, hidden, 1, bidirectional=True, impl="fast")
+    reference = Recurrent("lstm", input_size, hidden, 1, bidirectional=True, impl="reference")
+    params = fast.init(jax.random.PRNGKey(0))
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.standard_normal((steps, batch, input_size)), jnp.float32)
+
+    def loss(rnn):
+        def value(params, x):
+            out, (h, c) = rnn.apply(params, x)
+            return jnp.sum(out * out) + jnp.sum(h * c), out
+        return jax.jit(jax.value_and_grad(value, (0, 1), has_aux=True))
+
+    assert "jaxrnn_lstm_backward_f32" in _lowered_text(
+        jax.value_and_grad(lambda p, x: jnp.sum(fast.apply(p, x)[0]), (0, 1)), params, x)
+    got, want = loss(fast)(params, x), loss(reference)(params, x)
+    assert _max_abs_diff(got, want) < 2e-5
+
+
+def test_switched_off_compiles_without_the_kernel():
+    rnn = Recurrent("lstm", 5, 20, 2, impl="fast")
+    params = rnn.init(jax.random.PRNGKey(3))
+    x = jnp.asarray(np.random.default_rng(3).standard_normal((7, 2, 5)), jnp.float32)
+    run = lambda p, x: rnn.apply(p, x)[0]
+    with_kernel = jax.jit(run)(params, x)
+    assert "jaxrnn_lstm_forward" in _lowered_text(run, params, x)
+    kernels.set_enabled(False)  # decided at trace time: a new function traces again
+    run_again = lambda p, x: rnn.apply(p, x)[0]
+    assert "jaxrnn_lstm_forward" not in _lowered_text(run_again, params, x)
+    without = jax.jit(run_again)(params, x)
+    assert _max_abs_diff(with_kernel, without) < 1e-5
+
+
+def test_failed_build_warns_and_falls_back(tmp_path):
+    """A missing compiler and an empty cache: one warning with the reason, pure-JAX results."""
+    code = (
+        "import warnings, jax, jax.numpy as jnp\n"
+        "from jaxrnn import Recurrent, kernels\n"
+        "rnn = Recurrent('lstm', 3, 4, impl='fast')\n"
+        "p = rnn.init(jax.random.PRNGKey(0)); x = jnp.ones((5, 2, 3))\n"
+        "with warnings.catch_warnings(record=True) as caught:\n"
+        "    warnings.simplefilter('always')\n"
+        "    y = jax.jit(lambda p, x: rnn.apply(p, x)[0])(p, x)\n"
+        "ref = Recurrent('lstm', 3, 4, impl='reference').apply(p, x)[0]\n"
+        "assert float(jnp.max(jnp.abs(y - ref))) < 1e-5\n"
+        "print([str(w.message) for w in caught if 'kernels' in str(w.message)])\n")
+    env = dict(os.environ, CXX=str(tmp_path / "no-such-compiler"),
+               JAXRNN_KERNEL_CACHE=str(tmp_path / "cache"), JAXRNN_CPU_KERNELS="auto")
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "fused CPU kernels are unavailable (no C++ compiler" in done.stdout
+    assert done.stdout.count("unavailable") == 1
