@@ -25,8 +25,9 @@ import torch
 from jaxrnn import Recurrent, kernels
 
 pytestmark = pytest.mark.skipif(
-    sys.platform != "linux" or shutil.which(os.environ.get("CXX") or "c++") is None,
-    reason="the kernels are built on Linux with a C++ compiler")
+    sys.platform != "linux" or shutil.which(os.environ.get("CXX") or "c++") is None
+    or jax.default_backend() != "cpu",
+    reason="the kernels are built on Linux with a C++ compiler, and run on the CPU backend")
 
 TOLERANCE_64 = 1e-10
 

@@ -41,8 +41,8 @@ DEFAULT_CACHE = Path("~/.cache/jaxrnn/kernels")
 # -D__FAST_MATH__ makes glibc declare libmvec's vector exp / tanh, which GCC then calls from the
 # vectorised loops; -ffast-math itself is not used (it would assume no NaN / inf, and linking
 # it into a shared library sets flush-to-zero for the whole process).
-CXXFLAGS = ("-std=c++17", "-O3", "-march=native", "-fPIC", "-pthread", "-fno-math-errno",
-            "-fno-trapping-math", "-D__FAST_MATH__", "-w")
+CXXFLAGS = ("-std=c++17", "-O3", "-march=native", "-fPIC", "-pthread", "-fopenmp-simd",
+            "-fno-math-errno", "-fno-trapping-math", "-D__FAST_MATH__", "-w")
 DTYPES = {np.dtype(np.float32): "f32", np.dtype(np.float64): "f64"}
 
 _state: dict = {"library": None, "error": None, "enabled": None}
@@ -101,20 +101,23 @@ def lstm_forward(weight_hh, slab, h0, c0, reverse: bool):
     states = jax.ShapeDtypeStruct((steps, batch, hidden), slab.dtype)
     final = jax.ShapeDtypeStruct((batch, hidden), slab.dtype)
     gates = jax.ShapeDtypeStruct(slab.shape, slab.dtype)
+    # the gates overwrite the slab in place when XLA can give the slab's buffer (it is dead
+    # after this call in a layer): one [T, B, 4H] array less (52 MB a layer at W3)
     call = jax.ffi.ffi_call(_target("forward", slab.dtype), (states, states, gates, final, final),
-                            vmap_method="sequential")
+                            vmap_method="sequential", input_output_aliases={1: 2})
     return call(weight_hh, slab, h0, c0, reverse=np.int32(reverse))
 
 
 def lstm_backward(weight_hh, gates, cs, c0, d_hs, d_h_last, d_c_last, reverse: bool):
     """One LSTM direction's backward loop: the residuals of `lstm_forward` and the cotangents
     (d_hs [T, B, H], d_h_last, d_c_last [B, H]) -> (da [T, B, 4H], dh0, dc0 [B, H]), where da is
-    the gradient of the gates' pre-activations (= the slab's)."""
+    the gradient of the gates' pre-activations (= the slab's), written over the gates' buffer
+    when XLA can give it."""
     batch, hidden = c0.shape
     final = jax.ShapeDtypeStruct((batch, hidden), gates.dtype)
     call = jax.ffi.ffi_call(_target("backward", gates.dtype),
                             (jax.ShapeDtypeStruct(gates.shape, gates.dtype), final, final),
-                            vmap_method="sequential")
+                            vmap_method="sequential", input_output_aliases={1: 0})
     return call(weight_hh, gates, cs, c0, d_hs, d_h_last, d_c_last, reverse=np.int32(reverse))
 
 

@@ -90,48 +90,53 @@ inline T Sigmoid(T x) {
   return T(1) / (T(1) + std::exp(-x));
 }
 
-// The forward update of one batch row's units [j0, j0 + units): x is the slab row and gate
-// the gates row, both at j0 (gate stride H); a is the row of h_prev @ W_p^T (gate stride
-// units). Separate loops with restrict pointers, so that each vectorises (libmvec exp, tanh).
+// The forward update of one batch row's units [j0, j0 + units): on entry gate (the row at j0,
+// gate stride H) holds the slab's pre-activations, on exit the activated gates; a is the row
+// of h_prev @ W_p^T (gate stride units). One loop per gate so that each vectorises (libmvec
+// exp and tanh); `omp simd` because gate is read and written in place.
 template <typename T>
-__attribute__((noinline)) void ForwardUnits(int64_t units, int64_t hidden,
-                                            const T* __restrict x, const T* __restrict a,
-                                            const T* __restrict c_prev, T* __restrict gate,
+__attribute__((noinline)) void ForwardUnits(int64_t units, int64_t hidden, T* gate,
+                                            const T* __restrict a, const T* __restrict c_prev,
                                             T* __restrict c, T* __restrict h) {
-  for (int64_t j = 0; j < units; ++j) gate[j] = Sigmoid(x[j] + a[j]);
-  for (int64_t j = 0; j < units; ++j) gate[hidden + j] = Sigmoid(x[hidden + j] + a[units + j]);
-  for (int64_t j = 0; j < units; ++j)
-    gate[2 * hidden + j] = std::tanh(x[2 * hidden + j] + a[2 * units + j]);
-  for (int64_t j = 0; j < units; ++j)
-    gate[3 * hidden + j] = Sigmoid(x[3 * hidden + j] + a[3 * units + j]);
+  T* gi = gate;
+  T* gf = gate + hidden;
+  T* gg = gate + 2 * hidden;
+  T* go = gate + 3 * hidden;
+#pragma omp simd
+  for (int64_t j = 0; j < units; ++j) gi[j] = Sigmoid(gi[j] + a[j]);
+#pragma omp simd
+  for (int64_t j = 0; j < units; ++j) gf[j] = Sigmoid(gf[j] + a[units + j]);
+#pragma omp simd
+  for (int64_t j = 0; j < units; ++j) gg[j] = std::tanh(gg[j] + a[2 * units + j]);
+#pragma omp simd
+  for (int64_t j = 0; j < units; ++j) go[j] = Sigmoid(go[j] + a[3 * units + j]);
+#pragma omp simd
   for (int64_t j = 0; j < units; ++j) {
-    const T cj = gate[hidden + j] * c_prev[j] + gate[j] * gate[2 * hidden + j];
+    const T cj = gf[j] * c_prev[j] + gi[j] * gg[j];
     c[j] = cj;
-    h[j] = gate[3 * hidden + j] * std::tanh(cj);
+    h[j] = go[j] * std::tanh(cj);
   }
 }
 
-// The backward update of one batch row's units (see LstmBackward); gate and da at j0 with
-// gate stride H; dh, dc are the carries, dc updated in place.
+// The backward update of one batch row's units (see LstmBackward), in place: on entry gd (the
+// row at j0, gate stride H) holds the activated gates, on exit their gradients da; dh_in and
+// dc_io are the carries, dc updated in place.
 template <typename T>
-__attribute__((noinline)) void BackwardUnits(int64_t units, int64_t hidden,
-                                             const T* __restrict gate, const T* __restrict c,
-                                             const T* __restrict c_prev, const T* __restrict dy,
-                                             const T* __restrict dh_in, T* __restrict dc_io,
-                                             T* __restrict da) {
-  const T* __restrict i = gate;
-  const T* __restrict f = gate + hidden;
-  const T* __restrict g = gate + 2 * hidden;
-  const T* __restrict o = gate + 3 * hidden;
+__attribute__((noinline)) void BackwardUnits(int64_t units, int64_t hidden, T* gd,
+                                             const T* __restrict c, const T* __restrict c_prev,
+                                             const T* __restrict dy, const T* __restrict dh_in,
+                                             T* __restrict dc_io) {
+#pragma omp simd
   for (int64_t j = 0; j < units; ++j) {
+    const T i = gd[j], f = gd[hidden + j], g = gd[2 * hidden + j], o = gd[3 * hidden + j];
     const T dh = dh_in[j] + dy[j];
     const T tc = std::tanh(c[j]);
-    const T dc = dc_io[j] + dh * o[j] * (T(1) - tc * tc);
-    da[j] = dc * g[j] * i[j] * (T(1) - i[j]);
-    da[hidden + j] = dc * c_prev[j] * f[j] * (T(1) - f[j]);
-    da[2 * hidden + j] = dc * i[j] * (T(1) - g[j] * g[j]);
-    da[3 * hidden + j] = dh * tc * o[j] * (T(1) - o[j]);
-    dc_io[j] = dc * f[j];
+    const T dc = dc_io[j] + dh * o * (T(1) - tc * tc);
+    gd[j] = dc * g * i * (T(1) - i);
+    gd[hidden + j] = dc * c_prev[j] * f * (T(1) - f);
+    gd[2 * hidden + j] = dc * i * (T(1) - g * g);
+    gd[3 * hidden + j] = dh * tc * o * (T(1) - o);
+    dc_io[j] = dc * f;
   }
 }
 
@@ -221,6 +226,10 @@ ffi::Error LstmForward(ffi::ThreadPool pool, ffi::Buffer<DT> w, ffi::Buffer<DT> 
           packed[p][k * 4 * units + g * units + u] = wp[(g * hidden + j0 + u) * hidden + k];
   }
 
+  // gates is computed in place from the slab: XLA passes the slab's own buffer when the
+  // slab is not needed after this call (input_output_aliases), else a fresh one to fill
+  if (gp != xp) std::memcpy(gp, xp, sizeof(T) * steps * slab_step);
+
   auto step = [&](int64_t n, int64_t p) {
     const int64_t t = reverse ? steps - 1 - n : n;
     const int64_t t_prev = reverse ? t + 1 : t - 1;
@@ -232,9 +241,9 @@ ffi::Error LstmForward(ffi::ThreadPool pool, ffi::Buffer<DT> w, ffi::Buffer<DT> 
     Gemm<T>(false, batch, 4 * units, hidden, h_prev, hidden, packed[p].data(), 4 * units, T(0),
             a, 4 * units);
     for (int64_t b = 0; b < batch; ++b)
-      ForwardUnits<T>(units, hidden, xp + t * slab_step + b * width + j0, a + b * 4 * units,
-                      c_prev + b * hidden + j0, gp + t * slab_step + b * width + j0,
-                      cp + t * state + b * hidden + j0, hp + t * state + b * hidden + j0);
+      ForwardUnits<T>(units, hidden, gp + t * slab_step + b * width + j0, a + b * 4 * units,
+                      c_prev + b * hidden + j0, cp + t * state + b * hidden + j0,
+                      hp + t * state + b * hidden + j0);
   };
   if (steps > 0) PhaseRunner::Run(pool, steps, split.parts, step);
 
@@ -270,6 +279,8 @@ ffi::Error LstmBackward(ffi::ThreadPool pool, ffi::Buffer<DT> w, ffi::Buffer<DT>
   T* dc_carry = d_c0->typed_data();
   std::memcpy(dh_carry, d_h_last.typed_data(), sizeof(T) * state);
   std::memcpy(dc_carry, d_c_last.typed_data(), sizeof(T) * state);
+  // da is computed in place from the gates (aliased by XLA when the gates die here)
+  if (dap != gp) std::memcpy(dap, gp, sizeof(T) * steps * slab_step);
 
   auto phase = [&](int64_t q, int64_t p) {
     const int64_t n = q / 2;
@@ -284,10 +295,9 @@ ffi::Error LstmBackward(ffi::ThreadPool pool, ffi::Buffer<DT> w, ffi::Buffer<DT>
     const int64_t t_prev = reverse ? t + 1 : t - 1;
     const T* c_prev = (t_prev < 0 || t_prev >= steps) ? c0.typed_data() : cp + t_prev * state;
     for (int64_t b = 0; b < batch; ++b)
-      BackwardUnits<T>(units, hidden, gp + t * slab_step + b * width + j0,
-                       cp + t * state + b * hidden + j0, c_prev + b * hidden + j0,
-                       dyp + t * state + b * hidden + j0, dh_carry + b * hidden + j0,
-                       dc_carry + b * hidden + j0, a + b * width + j0);
+      BackwardUnits<T>(units, hidden, a + b * width + j0, cp + t * state + b * hidden + j0,
+                       c_prev + b * hidden + j0, dyp + t * state + b * hidden + j0,
+                       dh_carry + b * hidden + j0, dc_carry + b * hidden + j0);
   };
   if (steps > 0) PhaseRunner::Run(pool, 2 * steps, split.parts, phase);
   return ffi::Error::Success();
