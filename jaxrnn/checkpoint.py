@@ -107,7 +107,16 @@ def read(path: str) -> dict:
     missing = [k for k in _FIELDS if k not in payload]
     if missing:
         raise UserError(f"checkpoint {path} is corrupt: it lacks {', '.join(missing)}")
-    payload["metrics"] = json.loads(payload["metrics"])
+    # config, vocab and metrics are JSON text: a damaged byte there is named here, not left
+    # to fail later in whoever parses them
+    for field in ("config", "vocab", "metrics"):
+        try:
+            value = json.loads(payload[field])
+        except (TypeError, ValueError) as e:
+            raise UserError(f"checkpoint {path} is corrupt: its {field} is not JSON "
+                            f"({type(e).__name__}: {e})") from None
+        if field == "metrics":
+            payload["metrics"] = value
     return payload
 
 

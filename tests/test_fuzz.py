@@ -7,7 +7,7 @@ import tempfile
 import jax
 import jax.numpy as jnp
 import numpy as np
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 import jaxrnn
@@ -174,6 +174,7 @@ GOOD = _a_checkpoint()
                  st.integers(0, len(GOOD) - 1).map(lambda n: GOOD[:n]),
                  st.tuples(st.integers(0, len(GOOD) - 1), st.integers(0, 255)).map(
                      lambda p: GOOD[:p[0]] + bytes([p[1]]) + GOOD[p[0] + 1:])))
+@example(raw=GOOD.replace(b"\xa7metrics\xa2[]", b"\xa7metrics\xa2\x00\x00"))  # metrics not JSON
 def test_any_damaged_checkpoint_gives_a_user_error_naming_it(raw):
     with tempfile.TemporaryDirectory() as d:
         path = os.path.join(d, "ckpt.msgpack")
