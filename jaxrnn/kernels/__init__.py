@@ -12,14 +12,14 @@ compiler (`$CXX`, else `c++`) into a cache folder, like torch.utils.cpp_extensio
   JAXRNN_CPU_KERNELS    auto (default) | off
   JAXRNN_KERNEL_CACHE   the folder for the compiled library (default ~/.cache/jaxrnn/kernels)
 
-If the build or the BLAS lookup fails, one warning says why and the pure-JAX layers run.
-The GEMMs use numpy's bundled OpenBLAS (Linux wheels), found by its cblas symbols.
+If the build fails, one warning says why and the pure-JAX layers run. The kernel needs no
+BLAS: its per-step GEMMs are its own (weights packed once per call, a register-tiled
+micro-kernel per step).
 """
 
 from __future__ import annotations
 
 import ctypes
-import glob
 import hashlib
 import os
 import platform
@@ -191,29 +191,8 @@ def build(directory: Path | None = None) -> Path:
     return target
 
 
-def _find_blas():
-    """(sgemm, dgemm, ilp64, set_local_threads or None) from numpy's bundled OpenBLAS."""
-    folders = [Path(np.__file__).parent.parent / "numpy.libs", Path(np.__file__).parent / ".libs"]
-    names = [("scipy_cblas_sgemm64_", "scipy_cblas_dgemm64_", True),
-             ("cblas_sgemm64_", "cblas_dgemm64_", True),
-             ("scipy_cblas_sgemm", "scipy_cblas_dgemm", False),
-             ("cblas_sgemm", "cblas_dgemm", False)]
-    for folder in folders:
-        for path in sorted(glob.glob(str(folder / "*openblas*.so*"))):
-            blas = ctypes.CDLL(path)
-            for sgemm, dgemm, ilp64 in names:
-                if hasattr(blas, sgemm) and hasattr(blas, dgemm):
-                    local = getattr(blas, "openblas_set_num_threads_local", None)
-                    return (ctypes.cast(getattr(blas, sgemm), ctypes.c_void_p),
-                            ctypes.cast(getattr(blas, dgemm), ctypes.c_void_p), ilp64,
-                            None if local is None else ctypes.cast(local, ctypes.c_void_p))
-    raise RuntimeError("no cblas_sgemm in numpy's bundled OpenBLAS (numpy.libs)")
-
-
 def _load(path: Path):
     library = ctypes.CDLL(str(path))
-    sgemm, dgemm, ilp64, local = _find_blas()
-    library.jaxrnn_set_blas(sgemm, dgemm, ctypes.c_int(int(ilp64)), local)
     for kind in ("forward", "backward"):
         for dtype in DTYPES:
             name = _target(kind, dtype)

@@ -15,24 +15,23 @@
 //
 // Work split: the hidden units are cut into P parts, one per thread of XLA's intra-op pool.
 // Part p owns units [j0, j1): the gate columns g*H + j of those units, so a forward step is,
-// per part, one single-threaded GEMM h_{t-1} @ W_p^T (W_p = those 4(j1-j0) rows of W, packed
-// once per call) and the elementwise update of its own units. All parts of a step must see
-// the whole h_{t-1}: the steps are "phases", and a phase starts when the previous one is done.
+// per part, one GEMM h_{t-1} @ W_p^T (W_p = those 4(j1-j0) rows of W, packed once per call)
+// and the elementwise update of its own units. All parts of a step must see the whole h_{t-1}: the steps are "phases", and a phase starts when the previous one is done.
 // The backward has two phases per step: the gate gradients of a part's units (they need only
 // that part's dh), then the part's columns of dh = da_t @ W (they need all of da_t).
 //
 // Threads claim (phase, part) tasks from one atomic counter, so the calling thread alone can
 // finish the call if the pool's workers are busy: no deadlock, whatever the pool does.
 //
-// The GEMMs call the process's BLAS (numpy's OpenBLAS), set once by jaxrnn_set_blas(), single-
-// threaded inside a task when the BLAS can be told so per thread. jaxrnn/kernels/__init__.py
-// compiles this file with -O3 -march=native and the glibc flags that let GCC call libmvec's
+// The GEMMs are this file's own (PackedMatrix: the weights packed once per call, a register-
+// tiled micro-kernel per step); no BLAS is needed. jaxrnn/kernels/__init__.py compiles this file with -O3 -march=native and the glibc flags that let GCC call libmvec's
 // vector exp and tanh (-D__FAST_MATH__ without -ffast-math's other assumptions).
 
 #include <algorithm>
 #include <atomic>
 #include <cmath>
 #include <cstdint>
+#include <cstdlib>
 #include <cstring>
 #include <memory>
 #include <thread>
@@ -44,46 +43,104 @@ namespace ffi = xla::ffi;
 
 namespace {
 
-// cblas_?gemm with 64-bit integers (ILP64) or 32-bit ones (LP64).
-using Sgemm64 = void (*)(int, int, int, int64_t, int64_t, int64_t, float, const float*, int64_t,
-                         const float*, int64_t, float, float*, int64_t);
-using Dgemm64 = void (*)(int, int, int, int64_t, int64_t, int64_t, double, const double*,
-                         int64_t, const double*, int64_t, double, double*, int64_t);
-using Sgemm32 = void (*)(int, int, int, int, int, int, float, const float*, int, const float*,
-                         int, float, float*, int);
-using Dgemm32 = void (*)(int, int, int, int, int, int, double, const double*, int,
-                         const double*, int, double, double*, int);
-using SetLocalThreads = int (*)(int);
+// ------------------------------------------------------------------------------ the GEMM
+// The per-step GEMMs multiply by a slice of W_hh that is fixed for the whole call, so it is
+// packed once per call into panels of NR = 2 vectors of columns, and each step runs a register-
+// tiled micro-kernel over them (MR rows x NR columns of accumulators). BLAS libraries re-pack
+// their right operand on every call: at these sizes (M = B = 16-64 rows) this kernel ran
+// 1.3-2.1x OpenBLAS's single-threaded sgemm (BENCHMARKS.md).
 
-void* g_sgemm = nullptr;
-void* g_dgemm = nullptr;
-bool g_ilp64 = true;
-SetLocalThreads g_set_local_threads = nullptr;
-int g_parts = 0;  // 0: one part per thread of the pool; else this many (tests)
-
-constexpr int kRowMajor = 101, kNoTrans = 111, kTrans = 112;
-
-// C[m, n] = A[m, k] @ op(B) + beta C; op(B) = B^T (B is [n, k]) if trans_b, else B ([k, n]).
 template <typename T>
-void Gemm(bool trans_b, int64_t m, int64_t n, int64_t k, const T* a, int64_t lda, const T* b,
-          int64_t ldb, T beta, T* c, int64_t ldc) {
-  const int tb = trans_b ? kTrans : kNoTrans;
-  if constexpr (sizeof(T) == 4) {
-    if (g_ilp64)
-      reinterpret_cast<Sgemm64>(g_sgemm)(kRowMajor, kNoTrans, tb, m, n, k, 1.0f, a, lda, b, ldb,
-                                         beta, c, ldc);
-    else
-      reinterpret_cast<Sgemm32>(g_sgemm)(kRowMajor, kNoTrans, tb, m, n, k, 1.0f, a, lda, b, ldb,
-                                         beta, c, ldc);
-  } else {
-    if (g_ilp64)
-      reinterpret_cast<Dgemm64>(g_dgemm)(kRowMajor, kNoTrans, tb, m, n, k, 1.0, a, lda, b, ldb,
-                                         beta, c, ldc);
-    else
-      reinterpret_cast<Dgemm32>(g_dgemm)(kRowMajor, kNoTrans, tb, m, n, k, 1.0, a, lda, b, ldb,
-                                         beta, c, ldc);
+struct Vec {
+  static constexpr int64_t kLanes = 64 / sizeof(T);  // one AVX-512 register
+  typedef T type __attribute__((vector_size(64)));
+  typedef T unaligned __attribute__((vector_size(64), aligned(sizeof(T))));
+};
+
+#ifdef __AVX512F__
+constexpr int kRowTile = 8;  // 16 accumulators of 32 registers
+#else
+constexpr int kRowTile = 4;  // each 64-byte vector is two AVX2 registers: 16 of 16
+#endif
+
+// The packed right operand of C = A @ B for B [K, N] (row-major, leading dimension ldb): panel
+// q holds columns q*NR .. q*NR + NR - 1 of every row k, zero past N, 64-byte aligned.
+template <typename T>
+class PackedMatrix {
+ public:
+  static constexpr int64_t kPanel = 2 * Vec<T>::kLanes;
+
+  PackedMatrix(int64_t k, int64_t n, const T* b, int64_t ldb)
+      : k_(k), n_(n), panels_((n + kPanel - 1) / kPanel),
+        data_(static_cast<T*>(std::aligned_alloc(64, Bytes(k, n)))) {
+    for (int64_t q = 0; q < panels_; ++q)
+      for (int64_t kk = 0; kk < k; ++kk)
+        for (int64_t c = 0; c < kPanel; ++c) {
+          const int64_t col = q * kPanel + c;
+          data_[(q * k + kk) * kPanel + c] = col < n ? b[kk * ldb + col] : T(0);
+        }
   }
-}
+  ~PackedMatrix() { std::free(data_); }
+  PackedMatrix(const PackedMatrix&) = delete;
+  PackedMatrix& operator=(const PackedMatrix&) = delete;
+
+  int64_t padded_columns() const { return panels_ * kPanel; }
+
+  // C[m, padded_columns()] = A[m, K] @ B (lda, ldc: leading dimensions)
+  void Multiply(int64_t m, const T* a, int64_t lda, T* c, int64_t ldc) const {
+    for (int64_t q = 0; q < panels_; ++q) {
+      const T* panel = data_ + q * k_ * kPanel;
+      T* cq = c + q * kPanel;
+      int64_t r = 0;
+      for (; r + kRowTile <= m; r += kRowTile)
+        Tile<kRowTile>(a + r * lda, lda, panel, cq + r * ldc, ldc);
+      switch (m - r) {  // the rows left over
+        case 7: Tile<7>(a + r * lda, lda, panel, cq + r * ldc, ldc); break;
+        case 6: Tile<6>(a + r * lda, lda, panel, cq + r * ldc, ldc); break;
+        case 5: Tile<5>(a + r * lda, lda, panel, cq + r * ldc, ldc); break;
+        case 4: Tile<4>(a + r * lda, lda, panel, cq + r * ldc, ldc); break;
+        case 3: Tile<3>(a + r * lda, lda, panel, cq + r * ldc, ldc); break;
+        case 2: Tile<2>(a + r * lda, lda, panel, cq + r * ldc, ldc); break;
+        case 1: Tile<1>(a + r * lda, lda, panel, cq + r * ldc, ldc); break;
+        default: break;
+      }
+    }
+  }
+
+ private:
+  static size_t Bytes(int64_t k, int64_t n) {
+    const int64_t panels = std::max<int64_t>(1, (n + kPanel - 1) / kPanel);
+    return sizeof(T) * panels * kPanel * std::max<int64_t>(1, k);  // a multiple of 64
+  }
+
+  // C[MR, NR] = A[MR, K] @ one panel
+  template <int MR>
+  void Tile(const T* a, int64_t lda, const T* panel, T* c, int64_t ldc) const {
+    using V = typename Vec<T>::type;
+    using U = typename Vec<T>::unaligned;
+    constexpr int64_t L = Vec<T>::kLanes;
+    V acc0[MR], acc1[MR];
+    for (int r = 0; r < MR; ++r) acc0[r] = acc1[r] = V{};
+    for (int64_t kk = 0; kk < k_; ++kk) {
+      const V b0 = *reinterpret_cast<const V*>(panel + kk * kPanel);
+      const V b1 = *reinterpret_cast<const V*>(panel + kk * kPanel + L);
+      for (int r = 0; r < MR; ++r) {
+        const T ar = a[r * lda + kk];
+        acc0[r] += ar * b0;
+        acc1[r] += ar * b1;
+      }
+    }
+    for (int r = 0; r < MR; ++r) {
+      *reinterpret_cast<U*>(c + r * ldc) = acc0[r];
+      *reinterpret_cast<U*>(c + r * ldc + L) = acc1[r];
+    }
+  }
+
+  int64_t k_, n_, panels_;
+  T* data_;
+};
+
+int g_parts = 0;  // 0: one part per thread of the pool; else this many (tests)
 
 template <typename T>
 inline T Sigmoid(T x) {
@@ -150,7 +207,6 @@ class PhaseRunner {
     auto state = std::make_shared<State>();
     const int64_t total = phases * parts;
     auto work = [state, total, parts, task]() {
-      int previous = g_set_local_threads ? g_set_local_threads(1) : 0;
       for (;;) {
         const int64_t n = state->next.fetch_add(1, std::memory_order_relaxed);
         if (n >= total) break;
@@ -161,7 +217,6 @@ class PhaseRunner {
         task(phase, n % parts);
         state->done.fetch_add(1, std::memory_order_acq_rel);
       }
-      if (g_set_local_threads) g_set_local_threads(previous);
     };
     for (int64_t i = 1; i < parts; ++i) {
       auto copy = work;
@@ -213,17 +268,18 @@ ffi::Error LstmForward(ffi::ThreadPool pool, ffi::Buffer<DT> w, ffi::Buffer<DT> 
   T* cp = cs->typed_data();
   T* gp = gates->typed_data();
 
-  // W_p^T [H, 4 units]: the rows g*H + j (j in part p) of W, transposed, so that the GEMM
-  // runs on untransposed operands (1.3-2x faster in OpenBLAS at these sizes); and its output
-  std::vector<std::vector<T>> packed(split.parts), scratch(split.parts);
+  // W_p^T [H, 4 units] (the rows g*H + j, j in part p, of W), packed; and the GEMM's output
+  std::vector<std::unique_ptr<PackedMatrix<T>>> packed(split.parts);
+  std::vector<std::vector<T>> scratch(split.parts);
   for (int64_t p = 0; p < split.parts; ++p) {
     const int64_t j0 = split.Begin(p), units = split.Begin(p + 1) - j0;
-    packed[p].resize(4 * units * hidden);
-    scratch[p].resize(batch * 4 * units);
+    std::vector<T> w_p(hidden * 4 * units);
     for (int64_t g = 0; g < 4; ++g)
       for (int64_t u = 0; u < units; ++u)
         for (int64_t k = 0; k < hidden; ++k)
-          packed[p][k * 4 * units + g * units + u] = wp[(g * hidden + j0 + u) * hidden + k];
+          w_p[k * 4 * units + g * units + u] = wp[(g * hidden + j0 + u) * hidden + k];
+    packed[p] = std::make_unique<PackedMatrix<T>>(hidden, 4 * units, w_p.data(), 4 * units);
+    scratch[p].resize(batch * packed[p]->padded_columns());
   }
 
   // gates is computed in place from the slab: XLA passes the slab's own buffer when the
@@ -237,11 +293,11 @@ ffi::Error LstmForward(ffi::ThreadPool pool, ffi::Buffer<DT> w, ffi::Buffer<DT> 
     const T* h_prev = first ? h0.typed_data() : hp + t_prev * state;
     const T* c_prev = first ? c0.typed_data() : cp + t_prev * state;
     const int64_t j0 = split.Begin(p), units = split.Begin(p + 1) - j0;
-    T* a = scratch[p].data();  // [B, 4 units] = h_prev @ W_p^T
-    Gemm<T>(false, batch, 4 * units, hidden, h_prev, hidden, packed[p].data(), 4 * units, T(0),
-            a, 4 * units);
+    T* a = scratch[p].data();  // [B, 4 units (padded)] = h_prev @ W_p^T
+    const int64_t lda = packed[p]->padded_columns();
+    packed[p]->Multiply(batch, h_prev, hidden, a, lda);
     for (int64_t b = 0; b < batch; ++b)
-      ForwardUnits<T>(units, hidden, gp + t * slab_step + b * width + j0, a + b * 4 * units,
+      ForwardUnits<T>(units, hidden, gp + t * slab_step + b * width + j0, a + b * lda,
                       c_prev + b * hidden + j0, cp + t * state + b * hidden + j0,
                       hp + t * state + b * hidden + j0);
   };
@@ -282,14 +338,26 @@ ffi::Error LstmBackward(ffi::ThreadPool pool, ffi::Buffer<DT> w, ffi::Buffer<DT>
   // da is computed in place from the gates (aliased by XLA when the gates die here)
   if (dap != gp) std::memcpy(dap, gp, sizeof(T) * steps * slab_step);
 
+  // W[:, j0:j1] [4H, units], packed, and dh's columns before they are copied into dh_carry
+  std::vector<std::unique_ptr<PackedMatrix<T>>> packed(split.parts);
+  std::vector<std::vector<T>> scratch(split.parts);
+  for (int64_t p = 0; p < split.parts; ++p) {
+    const int64_t j0 = split.Begin(p), units = split.Begin(p + 1) - j0;
+    packed[p] = std::make_unique<PackedMatrix<T>>(width, units, wp + j0, hidden);
+    scratch[p].resize(batch * packed[p]->padded_columns());
+  }
+
   auto phase = [&](int64_t q, int64_t p) {
     const int64_t n = q / 2;
     const int64_t t = reverse ? n : steps - 1 - n;
     const int64_t j0 = split.Begin(p), units = split.Begin(p + 1) - j0;
     T* a = dap + t * slab_step;
     if (q % 2 == 1) {  // dh[:, j0:j1] = da_t @ W[:, j0:j1]
-      Gemm<T>(false, batch, units, width, a, width, wp + j0, hidden, T(0), dh_carry + j0,
-              hidden);
+      const int64_t ldo = packed[p]->padded_columns();
+      T* out = scratch[p].data();
+      packed[p]->Multiply(batch, a, width, out, ldo);
+      for (int64_t b = 0; b < batch; ++b)
+        std::memcpy(dh_carry + b * hidden + j0, out + b * ldo, sizeof(T) * units);
       return;
     }
     const int64_t t_prev = reverse ? t + 1 : t - 1;
@@ -304,13 +372,6 @@ ffi::Error LstmBackward(ffi::ThreadPool pool, ffi::Buffer<DT> w, ffi::Buffer<DT>
 }
 
 }  // namespace
-
-extern "C" void jaxrnn_set_blas(void* sgemm, void* dgemm, int ilp64, void* set_local_threads) {
-  g_sgemm = sgemm;
-  g_dgemm = dgemm;
-  g_ilp64 = ilp64 != 0;
-  g_set_local_threads = reinterpret_cast<SetLocalThreads>(set_local_threads);
-}
 
 extern "C" void jaxrnn_set_parts(int parts) { g_parts = parts; }
 
