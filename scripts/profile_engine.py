@@ -1,8 +1,9 @@
 """Times `Recurrent.apply` (forward, and forward + backward) next to torch.nn.LSTM / GRU.
 
 For each workload shape (BENCH.md) it builds the same network in jaxrnn, with
-impl="reference" (the plain scan, differentiated by JAX) and impl="fast" (the custom-VJP
-layers of `jaxrnn.fast`, at a few scan unroll values), and in PyTorch (torch.set_num_threads),
+impl="reference" (the plain scan, differentiated by JAX), impl="fast" with pure-JAX layers
+(the custom-VJP layers of `jaxrnn.fast`, at a few scan unroll values) and, for LSTMs, with
+the fused CPU kernel (`jaxrnn.kernels`, "jax kernel"), and in PyTorch (torch.set_num_threads),
 and times them *interleaved in one process*: every repetition runs each peer once, in a
 rotating order with a short pause after each call (torch's OpenMP workers spin for a while
 after a call, which would otherwise be charged to whoever runs next). The machines are shared
@@ -34,7 +35,7 @@ import jax.numpy as jnp
 import numpy as np
 import torch
 
-from jaxrnn import Recurrent, fast
+from jaxrnn import Recurrent, fast, kernels
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,8 +58,9 @@ WORKLOADS = {
 VOCAB_SIZE = 65  # tiny-shakespeare characters: the input width of layer 0
 
 
-def _jax_peer(work: Workload, impl: str, unroll: int, input_size: int):
-    """Returns (forward, forward_backward) callables with their inputs bound, compiled."""
+def _jax_peer(work: Workload, impl: str, unroll: int, input_size: int, kernel: bool = False):
+    """Returns (forward, forward_backward) callables with their inputs bound, compiled; with
+    `kernel`, the LSTM layers run the fused CPU kernel (jaxrnn.kernels), else pure JAX."""
     rnn = Recurrent(work.mode, input_size, work.hidden_size, work.num_layers, impl=impl,
                     unroll=unroll)
     params = rnn.init(jax.random.key(0))
@@ -75,6 +77,7 @@ def _jax_peer(work: Workload, impl: str, unroll: int, input_size: int):
     forward_backward = jax.jit(jax.grad(loss))
     if impl == "fast":
         fast.register_all(unroll)  # the registry is read while tracing, i.e. on first call
+    kernels.set_enabled(kernel)  # also read while tracing
     compile_s = {}
     for name, fn, args in (("forward", forward, (params, x)),
                            ("fwd+bwd", forward_backward, (params,))):
@@ -82,6 +85,7 @@ def _jax_peer(work: Workload, impl: str, unroll: int, input_size: int):
         jax.block_until_ready(fn(*args))
         compile_s[name] = time.perf_counter() - start
     fast.register_all()
+    kernels.set_enabled(None)
     return ({"forward": lambda: jax.block_until_ready(forward(params, x)),
              "fwd+bwd": lambda: jax.block_until_ready(forward_backward(params))}, compile_s)
 
@@ -124,6 +128,8 @@ def profile(name: str, work: Workload, unrolls, reps: int, input_size: int, paus
     peers["jax reference u1"] = _jax_peer(work, "reference", 1, input_size)
     for unroll in unrolls:
         peers[f"jax fast u{unroll}"] = _jax_peer(work, "fast", unroll, input_size)
+    if work.mode == "lstm" and kernels.enabled(np.float32):
+        peers["jax kernel"] = _jax_peer(work, "fast", 1, input_size, kernel=True)
     for peer, (_, compile_s) in peers.items():
         print(f"   compile/warm-up {peer:18s} "
               + ", ".join(f"{k} {v:.1f} s" for k, v in compile_s.items()))
