@@ -30,7 +30,7 @@ train: data
 	$(PY) scripts/train.py --data data/tinyshakespeare.txt --workdir $(WORKDIR) \
 		--preset $(PRESET) $(TRAIN_FLAGS)
 
-# The tests (about 5 minutes on 2 CPU cores).
+# The tests (about 6 minutes on 2 quiet CPU cores).
 test: $(VENV)/.installed-dev
 	$(PY) -m pytest -q
 
