@@ -139,6 +139,7 @@ def train_jaxrnn(workload: wl.Workload, peer: str, tokens: np.ndarray, vocab_siz
                  steps_per_call: int | None, repeat: int, budget_s: float,
                  warmup_blocks: int) -> dict:
     """Trains through jaxrnn.train.Trainer's jitted K-step chunk; one timed block = one call."""
+    from jaxrnn import kernels
     from jaxrnn.train import Trainer
 
     config, impl = jaxrnn_config(workload, peer, steps_per_call)
@@ -162,8 +163,6 @@ def train_jaxrnn(workload: wl.Workload, peer: str, tokens: np.ndarray, vocab_siz
 
     run_block, compile_s = _noting_compiles(run_block)
     result = wl.measure(run_block, K, repeat, budget_s, warmup_blocks)
-    from jaxrnn import kernels
-
     # whether the LSTM layers ran the fused CPU kernel (jaxrnn.kernels) or pure JAX
     cpu_kernel = workload.cell == "lstm" and kernels.enabled(jnp.float32)
     result["config"] = {"model": config.model, "impl": impl, "steps_per_call": K,

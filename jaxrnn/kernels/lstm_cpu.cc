@@ -63,21 +63,22 @@ constexpr int kRowTile = 8;  // 16 accumulators of 32 registers
 constexpr int kRowTile = 4;  // each 64-byte vector is two AVX2 registers: 16 of 16
 #endif
 
-// The packed right operand of C = A @ B for B [K, N] (row-major, leading dimension ldb): panel
-// q holds columns q*NR .. q*NR + NR - 1 of every row k, zero past N, 64-byte aligned.
+// The packed right operand of C = A @ B for B [K, N] given elementwise by b(k, n): panel q
+// holds columns q*NR .. q*NR + NR - 1 of every row k, zero past N, 64-byte aligned.
 template <typename T>
 class PackedMatrix {
  public:
   static constexpr int64_t kPanel = 2 * Vec<T>::kLanes;
 
-  PackedMatrix(int64_t k, int64_t n, const T* b, int64_t ldb)
-      : k_(k), n_(n), panels_((n + kPanel - 1) / kPanel),
+  template <typename Element>
+  PackedMatrix(int64_t k, int64_t n, Element b)
+      : k_(k), panels_((n + kPanel - 1) / kPanel),
         data_(static_cast<T*>(std::aligned_alloc(64, Bytes(k, n)))) {
     for (int64_t q = 0; q < panels_; ++q)
       for (int64_t kk = 0; kk < k; ++kk)
         for (int64_t c = 0; c < kPanel; ++c) {
           const int64_t col = q * kPanel + c;
-          data_[(q * k + kk) * kPanel + c] = col < n ? b[kk * ldb + col] : T(0);
+          data_[(q * k + kk) * kPanel + c] = col < n ? b(kk, col) : T(0);
         }
   }
   ~PackedMatrix() { std::free(data_); }
@@ -136,7 +137,7 @@ class PackedMatrix {
     }
   }
 
-  int64_t k_, n_, panels_;
+  int64_t k_, panels_;
   T* data_;
 };
 
@@ -273,12 +274,10 @@ ffi::Error LstmForward(ffi::ThreadPool pool, ffi::Buffer<DT> w, ffi::Buffer<DT> 
   std::vector<std::vector<T>> scratch(split.parts);
   for (int64_t p = 0; p < split.parts; ++p) {
     const int64_t j0 = split.Begin(p), units = split.Begin(p + 1) - j0;
-    std::vector<T> w_p(hidden * 4 * units);
-    for (int64_t g = 0; g < 4; ++g)
-      for (int64_t u = 0; u < units; ++u)
-        for (int64_t k = 0; k < hidden; ++k)
-          w_p[k * 4 * units + g * units + u] = wp[(g * hidden + j0 + u) * hidden + k];
-    packed[p] = std::make_unique<PackedMatrix<T>>(hidden, 4 * units, w_p.data(), 4 * units);
+    // column g*units + u of W_p^T is row g*H + j0 + u of W
+    packed[p] = std::make_unique<PackedMatrix<T>>(hidden, 4 * units, [&](int64_t k, int64_t c) {
+      return wp[((c / units) * hidden + j0 + c % units) * hidden + k];
+    });
     scratch[p].resize(batch * packed[p]->padded_columns());
   }
 
@@ -343,7 +342,8 @@ ffi::Error LstmBackward(ffi::ThreadPool pool, ffi::Buffer<DT> w, ffi::Buffer<DT>
   std::vector<std::vector<T>> scratch(split.parts);
   for (int64_t p = 0; p < split.parts; ++p) {
     const int64_t j0 = split.Begin(p), units = split.Begin(p + 1) - j0;
-    packed[p] = std::make_unique<PackedMatrix<T>>(width, units, wp + j0, hidden);
+    packed[p] = std::make_unique<PackedMatrix<T>>(
+        width, units, [&](int64_t k, int64_t c) { return wp[k * hidden + j0 + c]; });
     scratch[p].resize(batch * packed[p]->padded_columns());
   }
 
