@@ -1,7 +1,9 @@
-# jaxrnn: every target creates or refreshes the project's own virtual environment first.
+# jaxrnn: every target creates or refreshes the project's own virtual environment first and
+# runs the console scripts it installs (jaxrnn-train ...; scripts/*.py are the same commands).
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
+BIN := $(VENV)/bin
 WORKDIR ?= runs/default
 PRESET ?= default
 TRAIN_FLAGS ?=
@@ -23,11 +25,11 @@ $(VENV)/.installed-dev: pyproject.toml
 venv: $(VENV)/.installed-runtime
 
 data: $(VENV)/.installed-runtime
-	$(PY) scripts/prepare_data.py
+	$(BIN)/jaxrnn-prepare-data
 
 # The main job: fetch tiny-shakespeare, train the default model (~10 CPU minutes), print a sample.
 train: data
-	$(PY) scripts/train.py --data data/tinyshakespeare.txt --workdir $(WORKDIR) \
+	$(BIN)/jaxrnn-train --data data/tinyshakespeare.txt --workdir $(WORKDIR) \
 		--preset $(PRESET) $(TRAIN_FLAGS)
 
 # The tests (about 6 minutes on 2 quiet CPU cores).
@@ -39,10 +41,10 @@ test-slow: $(VENV)/.installed-dev
 	$(PY) -m pytest -q -m "slow or not slow"
 
 bench: $(VENV)/.installed-dev
-	$(PY) scripts/bench.py
+	$(BIN)/jaxrnn-bench
 
 parity: $(VENV)/.installed-dev
-	$(PY) scripts/parity.py
+	$(BIN)/jaxrnn-parity
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -1,4 +1,4 @@
-"""The speed benchmark of /work/shared/BENCH.md: jaxrnn against its peers, side by side.
+"""The speed benchmark of docs/WORKLOADS.md: jaxrnn against its peers, side by side.
 
   python scripts/bench.py [--workloads W1,W2,...] [--peers jaxrnn,torch,...] [--repeat N]
 

@@ -31,7 +31,7 @@ def train(workload: wl.Workload, tokens: np.ndarray, vocab_size: int, *, block_s
     from torch_baselines import autograd_tutorial as tutorial
 
     w = workload
-    if (w.cell, w.num_layers, w.batch_size, w.carry_state) != ("rnn", 1, 1, False):
+    if (w.cell, w.num_layers, w.batch_size, w.carry_state) != ("rnn_tanh", 1, 1, False):
         raise ValueError(f"the autograd peer runs the tutorial's RNN (W1), not {w.id}")
     params = tutorial.init_params(vocab_size, w.hidden_size, seed=0)
     loss_and_grad = value_and_grad(tutorial.loss)

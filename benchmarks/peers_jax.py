@@ -19,14 +19,15 @@ import optax
 
 from benchmarks import workloads as wl
 
-# jaxrnn's fastest configuration per workload, on top of the workload's own fields: the fast
-# custom-VJP layers (impl="fast" fails loudly where none is registered, unlike "auto"), and K
+# jaxrnn's fastest configuration per workload, on top of the workload's own fields: the
+# engine's fastest layers (impl="auto": the fused CPU kernel for LSTMs where it runs, else the
+# pure-JAX custom-VJP layers; `cpu_kernel` in the result says which ran), and K
 # training steps per jitted call (`steps_per_call`), which spreads the per-call cost (host
-# sync, dispatch, ~40 MB of fresh buffers: PERF_NOTES) over K steps. Measured on a busy 2-core
-# machine, 7 alternating rounds in one process: on W1, K=1000 ran ~1.35x K=100, and CharLM
-# (one-hot GEMM + the fast tanh-RNN layer) ~1.25x the tutorial port (model="tutorial-rnn",
-# what jaxrnn-default runs) at the same K. W2 K=50 was not distinguishable from K=10 there;
-# the K of W2-W5 are to re-measure on a quiet machine
+# sync, dispatch, ~40 MB of fresh buffers: docs/PERF_NOTES.md) over K steps. Measured on a
+# busy 2-core machine, 7 alternating rounds in one process: on W1, K=1000 ran ~1.35x K=100,
+# and CharLM (one-hot GEMM + the fast tanh-RNN layer) ~1.25x the tutorial port
+# (model="tutorial-rnn", what jaxrnn-default runs) at the same K. W2 K=50 was not
+# distinguishable from K=10 there; the K of W2-W5 are to re-measure on a quiet machine
 # (`scripts/bench.py --peers jaxrnn --workloads W2 --steps-per-call K`).
 FASTEST = {
     "W1": dict(model="charlm", steps_per_call=1000),
@@ -35,7 +36,7 @@ FASTEST = {
     "W4": dict(model="charlm", steps_per_call=20),
     "W5": dict(model="charlm", steps_per_call=20),
 }
-FASTEST_IMPL = "fast"
+FASTEST_IMPL = "auto"
 
 
 # jax.monitoring events whose durations add up to trace + lower + compile
@@ -52,7 +53,7 @@ def _on_event(event: str, duration: float, **kwargs) -> None:
 
 def setup(tf32: bool = True) -> str:
     """Listens for compile events; on a GPU, float32 matmuls in TF32 (`tf32`) or in full
-    float32 ("highest"), as BENCH.md's speed and parity runs ask."""
+    float32 ("highest"), as docs/WORKLOADS.md asks of speed and parity runs."""
     jax.monitoring.register_event_duration_secs_listener(_on_event)
     note = ""
     if jax.default_backend() == "gpu":
@@ -139,7 +140,6 @@ def train_jaxrnn(workload: wl.Workload, peer: str, tokens: np.ndarray, vocab_siz
                  steps_per_call: int | None, repeat: int, budget_s: float,
                  warmup_blocks: int) -> dict:
     """Trains through jaxrnn.train.Trainer's jitted K-step chunk; one timed block = one call."""
-    from jaxrnn import kernels
     from jaxrnn.train import Trainer
 
     config, impl = jaxrnn_config(workload, peer, steps_per_call)
@@ -163,10 +163,14 @@ def train_jaxrnn(workload: wl.Workload, peer: str, tokens: np.ndarray, vocab_siz
 
     run_block, compile_s = _noting_compiles(run_block)
     result = wl.measure(run_block, K, repeat, budget_s, warmup_blocks)
-    # whether the LSTM layers ran the fused CPU kernel (jaxrnn.kernels) or pure JAX
-    cpu_kernel = workload.cell == "lstm" and kernels.enabled(jnp.float32)
+    # whether the recurrent layers ran a fused kernel (jaxrnn.kernels) or pure JAX: the plan
+    # the model's engine resolved (plan.unmasked), for the run's dtype (a dtype the kernel does
+    # not compute in falls back); models without an engine ran no kernel
+    rnn = getattr(trainer.model, "rnn", None)
+    cpu_kernel = rnn is not None and rnn.plan.unmasked == "kernel" and rnn.plan.for_call(
+        rnn.cell, jnp.dtype(config.dtype), False) == "kernel"
     result["config"] = {"model": config.model, "impl": impl, "steps_per_call": K,
-                        "cpu_kernel": "lstm" if cpu_kernel else "none"}
+                        "cpu_kernel": rnn.cell.name if cpu_kernel else "none"}
     return _compile_plus_first_step(result, compile_s[0])
 
 
@@ -175,7 +179,7 @@ def train_jaxrnn(workload: wl.Workload, peer: str, tokens: np.ndarray, vocab_siz
 def _flax_model(cell: str, hidden_size: int, num_layers: int, vocab_size: int):
     import flax.linen as nn
 
-    cells = {"lstm": nn.OptimizedLSTMCell, "gru": nn.GRUCell, "rnn": nn.SimpleCell}
+    cells = {"lstm": nn.OptimizedLSTMCell, "gru": nn.GRUCell, "rnn_tanh": nn.SimpleCell}
 
     class FlaxCharLM(nn.Module):
         """One-hot -> num_layers x nn.RNN(cell) -> Dense head; carries in and out."""

@@ -17,13 +17,14 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from benchmarks import workloads as wl
-from torch_baselines.charlm import TorchCharLM, detach_state
+from torch_baselines.model import TorchCharLM, detach_state
 
-CELL_CLASSES = {"lstm": nn.LSTMCell, "gru": nn.GRUCell, "rnn": nn.RNNCell}
+# jaxrnn.names cell name -> the torch cell stepped by torch-loop (nn.RNNCell is tanh by default)
+CELL_CLASSES = {"lstm": nn.LSTMCell, "gru": nn.GRUCell, "rnn_tanh": nn.RNNCell}
 
 
 def setup(threads: int | None = None, device: str = "cpu", tf32: bool = True) -> str:
-    """torch's threads = this machine's cores (BENCH.md) unless given; on a GPU, TF32 in
+    """torch's threads = this machine's cores (docs/WORKLOADS.md) unless given; on a GPU, TF32 in
     matmuls and cuDNN on or off (`tf32`). Returns a version line."""
     torch.set_num_threads(threads or os.cpu_count())
     if device == "cpu":
@@ -35,7 +36,7 @@ def setup(threads: int | None = None, device: str = "cpu", tf32: bool = True) ->
 
 
 def torch_device(device: str) -> torch.device:
-    """BENCH.md's device names: "cpu", or "gpu" (CUDA)."""
+    """The benchmark's device names: "cpu", or "gpu" (CUDA)."""
     return torch.device("cuda" if device == "gpu" else "cpu")
 
 

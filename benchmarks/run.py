@@ -1,10 +1,10 @@
-"""The driver: runs BENCH.md's workloads for every peer, each in its own process, side by side.
+"""The driver: runs docs/WORKLOADS.md's workloads for every peer, each in its own process.
 
 `run_benchmarks(...)` measures this machine's float32 matmul peak, then for every workload
 runs each peer in a fresh `python -m benchmarks.child` process and turns its raw timings into
 a record; `format_table(records)` prints them. Within a workload, `torch` runs first and,
-with `bracket_torch`, once more last (PERF_NOTES: torch itself drifts by 30% within an hour on
-these shared machines); its record pools the timed repetitions of both runs.
+with `bracket_torch`, once more last (docs/PERF_NOTES.md: torch itself drifts by 30% within
+an hour on these shared machines); its record pools the timed repetitions of both runs.
 
 A record (one per workload and peer; the JSON written by --json is a list of them):
   workload, peer, chars_per_s_median, chars_per_s_min, chars_per_s_max  (min/max over the
@@ -179,7 +179,8 @@ def run_benchmarks(workloads=wl.WORKLOAD_IDS, peers=None, *, repeat: int = DEFAU
         synthetic tokens.
       bracket_torch: run torch again after the other peers of each workload and pool both.
       steps_per_call: the `jaxrnn` peer's K on every workload instead of its tuned one.
-      torch_threads: torch's threads instead of os.cpu_count() (BENCH.md: threads = cores).
+      torch_threads: torch's threads instead of os.cpu_count() (docs/WORKLOADS.md: threads =
+        cores).
       timeout_s: a peer's process running longer than this is stopped and marked FAIL.
       device: "cpu", "gpu", or "auto" (the GPU when JAX or torch sees one).
       tf32: on a GPU, float32 matmuls in TF32 on both sides (speed) or not (parity).

@@ -1,7 +1,7 @@
-"""The workloads of BENCH.md, their matmul FLOPs, the text, the timing loop and the check.
+"""The workloads of docs/WORKLOADS.md, their matmul FLOPs, the text, the timing loop and the check.
 
-NumPy and the standard library only: every peer's process imports this module, and a torch
-peer must not pay for (or be slowed by) importing JAX.
+NumPy, the standard library and `jaxrnn.names` (pure Python) only: every peer's process
+imports this module, and a torch peer must not pay for (or be slowed by) importing JAX.
 
 A training step is forward + backward + optimiser update on one (B, T) batch, one-hot input,
 a linear head to the vocabulary, loss = softmax cross-entropy averaged over the B*T
@@ -21,18 +21,19 @@ import time
 
 import numpy as np
 
+from jaxrnn.names import NUM_GATES  # pure Python: imports no JAX
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TEXT_ENV = "JAXRNN_TINYSHAKESPEARE"
 DEFAULT_TEXT = os.path.join(ROOT, "data", "tinyshakespeare.txt")
 VOCAB_SIZE = 65            # tiny-shakespeare's, and the synthetic text's
 SYNTHETIC_TOKENS = 1_115_394  # as many as tiny-shakespeare has characters
-NUM_GATES = {"rnn": 1, "gru": 3, "lstm": 4}
 MIN_REPS = 3               # the budget never cuts the timed repetitions below this
 
 
 @dataclasses.dataclass(frozen=True)
 class Workload:
-    """One row of BENCH.md's table.
+    """One row of the table in docs/WORKLOADS.md.
 
     `block_steps` is the number of training steps in one timed repetition of the peers that
     step from Python (the time per step is the block's time / block_steps); the jaxrnn peers
@@ -42,7 +43,7 @@ class Workload:
 
     id: str
     name: str
-    cell: str                # rnn (tanh) | lstm | gru (PyTorch semantics)
+    cell: str                # a jaxrnn.names cell name: rnn_tanh | lstm | gru (PyTorch semantics)
     num_layers: int
     hidden_size: int
     batch_size: int
@@ -60,7 +61,8 @@ class Workload:
         return self.batch_size * self.seq_len
 
     def describe(self) -> str:
-        cell = {"rnn": "tanh RNN", "lstm": "LSTM", "gru": "GRU"}[self.cell]
+        cell = {"rnn_tanh": "tanh RNN", "rnn_relu": "ReLU RNN", "lstm": "LSTM",
+                "gru": "GRU"}[self.cell]
         opt = f"{self.optimizer.upper() if self.optimizer == 'sgd' else 'Adam'} {self.lr:g}"
         clip = f", clip ±{self.clip:g}" if self.clip else ""
         return (f"{cell} {self.num_layers}x{self.hidden_size}, B={self.batch_size}, "
@@ -86,7 +88,7 @@ class SamplingWorkload:
                 f"B={self.batch_size}, {self.length} chars, temperature {self.temperature:g}")
 
 
-W1 = Workload("W1", "tutorial-rnn", "rnn", 1, 100, 1, 25, "sgd", 0.01, 5.0, "sum", False,
+W1 = Workload("W1", "tutorial-rnn", "rnn_tanh", 1, 100, 1, 25, "sgd", 0.01, 5.0, "sum", False,
               block_steps=100, quick_block_steps=50)
 W2 = Workload("W2", "char-rnn default", "lstm", 2, 128, 50, 50, "adam", 2e-3, None, "mean",
               True, block_steps=10, quick_block_steps=4)

@@ -28,7 +28,8 @@ through diagonal (elementwise) peephole weights p_i, p_f, p_o <float>[H]:
   h' = o ⊙ tanh(c')
 
 Everything but the peepholes is PyTorch's LSTM (same layout, gates i, f, g, o), so `init`,
-`project` and `zero_carry` are the built-in LSTM's.
+`project` and `zero_carry` are the built-in LSTM's. (The LSTM's `project` returns
+W_ih x + b_ih + b_hh per gate: both biases are added once, outside the time loop.)
 
   >>> rnn = jaxrnn.Recurrent(PEEPHOLE_LSTM, input_size=3, hidden_size=8, num_layers=2,
   ...                        bidirectional=True, dropout=0.1)
@@ -60,13 +61,11 @@ def init(key, input_size: int, hidden_size: int, bias: bool = True, dtype=jnp.fl
 
 
 def recur(params, carry, projected):
-    """One step for one example; `projected` = the LSTM's per-gate W_ih x + b_ih, 4 x [H]."""
+    """One step for one example; `projected` = the LSTM's per-gate W_ih x + b_ih + b_hh,
+    4 x [H] (the built-in LSTM's `project` folds both biases in, so `recur` adds none)."""
     h, c = carry
     xi, xf, xg, xo = projected
-    recurrent = params["weight_hh"] @ h  # [4H]
-    if "bias_hh" in params:
-        recurrent = recurrent + params["bias_hh"]
-    hi, hf, hg, ho = jnp.split(recurrent, 4)
+    hi, hf, hg, ho = jnp.split(params["weight_hh"] @ h, 4)  # [4H] -> 4 x [H]
     i = jax.nn.sigmoid(xi + hi + params["peephole_i"] * c)
     f = jax.nn.sigmoid(xf + hf + params["peephole_f"] * c)
     g = jnp.tanh(xg + hg)

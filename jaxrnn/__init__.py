@@ -1,13 +1,29 @@
-"""jaxrnn: recurrent language models in JAX, checkable number-for-number against PyTorch."""
+"""jaxrnn: recurrent language models in JAX, checkable number-for-number against PyTorch.
 
-from jaxrnn.cells import CELLS, GRU, LSTM, RNN_RELU, RNN_TANH, Cell, get_cell
-from jaxrnn.engine import Recurrent, register_fast_layer, run_direction
-from jaxrnn.packing import last_valid, pad_sequences, sequence_mask
-from jaxrnn import fast  # registers the custom-VJP layers that impl="auto" / "fast" use
+The names below are imported on first use (PEP 562), so `import jaxrnn.names` (pure Python)
+does not import JAX, and importing jaxrnn has no side effects.
+"""
 
-__all__ = [
-    "CELLS", "GRU", "LSTM", "RNN_RELU", "RNN_TANH", "Cell", "get_cell",
-    "Recurrent", "register_fast_layer", "run_direction",
-    "last_valid", "pad_sequences", "sequence_mask", "fast",
-]
+import importlib
+
+_EXPORTS = {
+    "CELLS": "jaxrnn.cells", "GRU": "jaxrnn.cells", "LSTM": "jaxrnn.cells",
+    "RNN_RELU": "jaxrnn.cells", "RNN_TANH": "jaxrnn.cells", "Cell": "jaxrnn.cells",
+    "get_cell": "jaxrnn.cells",
+    "Recurrent": "jaxrnn.engine", "run_direction": "jaxrnn.engine",
+    "last_valid": "jaxrnn.packing", "pad_sequences": "jaxrnn.packing",
+    "sequence_mask": "jaxrnn.packing",
+}
+
+__all__ = sorted(_EXPORTS)
 __version__ = "0.1.0"
+
+
+def __getattr__(name):
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'jaxrnn' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(list(globals()) + __all__)

@@ -15,9 +15,22 @@ hoist the input matmul out of the time loop (one big GEMM per layer instead of T
   recur(params, carry, projected_t) -> (carry, y)
 with `recur(params, carry, project(params, x)) == step(params, carry, x)`.
 
+A cell in PyTorch's layout (`num_gates` G set: `weight_ih` [G*H, I], `weight_hh` [G*H, H],
+optional `bias_ih`, `bias_hh` [G*H]) can also carry the faster ways to run it, which
+`jaxrnn.Recurrent(impl=...)` picks from (see `jaxrnn.engine`):
+  slab_bias(params) -> [G*H] | None        the bias folded into the layer's input slab
+                                           slab = xs @ W_ih^T + slab_bias (what `projected0`
+                                           of `Recurrent.apply` is, and what `fast` reads)
+  unslab(slab_t) -> projected_t            the slab in the form `recur` reads
+  fast(params, slab, carry0, reverse, unroll) -> (ys, carry_T)
+                                           one unmasked direction with a hand-written VJP
+  kernel: jaxrnn.kernels.Kernel            a fused implementation of the same, for some
+                                           backends and dtypes
+A new cell family plugs in the same way: the engine reads nothing but these fields.
+
 The built-in cells use PyTorch's parameter layout and gate order, so converting weights is a
-rename: `weight_ih` [G*H, I], `weight_hh` [G*H, H], `bias_ih` [G*H], `bias_hh` [G*H], with
-G = 1 (RNN), 4 (LSTM, gates i, f, g, o) or 3 (GRU, gates r, z, n).
+rename; their names and gate counts are `jaxrnn.names` (G = 1 Elman RNN, 4 LSTM with gates
+i, f, g, o, 3 GRU with gates r, z, n).
 """
 
 from __future__ import annotations
@@ -27,6 +40,10 @@ from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
+
+from jaxrnn import fast
+from jaxrnn.kernels import Kernel
+from jaxrnn.names import NUM_GATES
 
 Params = dict[str, jax.Array]
 Carry = Any
@@ -44,6 +61,12 @@ class Cell:
       project: optional (params, xs[..., input_size]) -> per-step projected inputs.
       recur: optional (params, carry, projected_t) -> (carry, y); the serial part of `step`.
       carry_size: how many arrays the carry holds (1 for a bare array, 2 for LSTM's (h, c)).
+      num_gates: G for a cell in PyTorch's layout (weight_ih [G*H, I], weight_hh [G*H, H]);
+        None for any other layout.
+      slab_bias: optional params -> the bias folded into the input slab ([G*H] or None).
+      unslab: optional slab_t [..., G*H] -> what `recur` reads.
+      fast: optional (params, slab [T, B, G*H], carry0, reverse, unroll) -> (ys, carry_T).
+      kernel: optional fused `jaxrnn.kernels.Kernel` of the same.
     """
 
     name: str
@@ -53,6 +76,17 @@ class Cell:
     project: Callable[[Params, jax.Array], Any] | None = None
     recur: Callable[[Params, Carry, Any], tuple[Carry, jax.Array]] | None = None
     carry_size: int = 1
+    num_gates: int | None = None
+    slab_bias: Callable[[Params], jax.Array | None] | None = None
+    unslab: Callable[[jax.Array], Any] | None = None
+    fast: Callable | None = None
+    kernel: Kernel | None = None
+
+    @property
+    def takes_slab(self) -> bool:
+        """Whether layer 0 can be fed a precomputed slab (`Recurrent.apply(projected0=...)`)."""
+        return (self.num_gates is not None and self.slab_bias is not None
+                and self.unslab is not None and self.recur is not None)
 
 
 def uniform_init(key, shape, bound, dtype=jnp.float32):
@@ -109,21 +143,46 @@ def _zero_hc(hidden_size, dtype=jnp.float32):
     return (jnp.zeros((hidden_size,), dtype), jnp.zeros((hidden_size,), dtype))
 
 
+# The built-in cells' `project` is the slab: W_ih x + slab_bias, every bias that can be added
+# outside the loop folded in (b_ih + b_hh; the GRU keeps b_hn inside r * (...)), so the
+# reference scan, the fast recurrences and the kernels read the same slab.
+
+
+def _identity(slab):
+    return slab
+
+
+def _gate_splitter(num_gates):
+    def unslab(slab):
+        # Split per gate here, once, outside the time loop: slicing a hoisted [T, B, G*H]
+        # slab inside the scan body costs about 2x the whole step on CPU (docs/PERF_NOTES.md).
+        return _split_gates(slab, num_gates)
+
+    return unslab
+
+
+def _slab_projector(slab_bias, unslab):
+    def project(params, xs):
+        return unslab(_linear(xs, params["weight_ih"], slab_bias(params)))
+
+    return project
+
+
 # --- Elman RNN: h' = act(W_ih x + b_ih + W_hh h + b_hh) ------------------------------------
 
 
-def _rnn_cell(activation, name):
-    def project(params, xs):
-        return _linear(xs, params["weight_ih"], params.get("bias_ih"))
+def _rnn_cell(activation, name, fast_recurrence):
+    project = _slab_projector(fast.summed_bias, _identity)
 
     def recur(params, h, xp):
-        h = activation(xp + _linear(h, params["weight_hh"], params.get("bias_hh")))
+        h = activation(xp + matmul_transposed(h, params["weight_hh"]))
         return h, h
 
     def step(params, h, x):
         return recur(params, h, project(params, x))
 
-    return Cell(name, gated_init(1), step, _zero_h, project, recur, 1)
+    return Cell(name, gated_init(NUM_GATES[name]), step, _zero_h, project, recur, 1,
+                NUM_GATES[name], fast.summed_bias, _identity, fast_recurrence)
 
 
 # --- LSTM (PyTorch equations, gate order i, f, g, o) ----------------------------------------
@@ -132,16 +191,13 @@ def _rnn_cell(activation, name):
 #   c' = f * c + i * g                      h' = o * tanh(c')
 
 
-def _lstm_project(params, xs):
-    # Split per gate here, once, outside the time loop: slicing a hoisted [T, B, 4H] slab
-    # inside the scan body costs about 2x the whole step on CPU (PERF_NOTES).
-    return _split_gates(_linear(xs, params["weight_ih"], params.get("bias_ih")), 4)
+_lstm_project = _slab_projector(fast.summed_bias, _gate_splitter(4))
 
 
 def _lstm_recur(params, carry, xp):
     h, c = carry
-    xi, xf, xg, xo = xp
-    hi, hf, hg, ho = _split_gates(_linear(h, params["weight_hh"], params.get("bias_hh")), 4)
+    xi, xf, xg, xo = xp  # W_i* x + b_i* + b_h*
+    hi, hf, hg, ho = _split_gates(matmul_transposed(h, params["weight_hh"]), 4)
     i = jax.nn.sigmoid(xi + hi)
     f = jax.nn.sigmoid(xf + hf)
     g = jnp.tanh(xg + hg)
@@ -161,13 +217,14 @@ def _lstm_step(params, carry, x):
 #   h' = (1 - z) * n + z * h
 
 
-def _gru_project(params, xs):
-    return _split_gates(_linear(xs, params["weight_ih"], params.get("bias_ih")), 3)
+_gru_project = _slab_projector(fast.gru_slab_bias, _gate_splitter(3))
 
 
 def _gru_recur(params, h, xp):
-    xr, xz, xn = xp
-    hr, hz, hn = _split_gates(_linear(h, params["weight_hh"], params.get("bias_hh")), 3)
+    xr, xz, xn = xp  # W_ir x + b_ir + b_hr, W_iz x + b_iz + b_hz, W_in x + b_in
+    hr, hz, hn = _split_gates(matmul_transposed(h, params["weight_hh"]), 3)
+    if "bias_hh" in params:
+        hn = hn + params["bias_hh"][2 * h.shape[-1]:]
     r = jax.nn.sigmoid(xr + hr)
     z = jax.nn.sigmoid(xz + hz)
     n = jnp.tanh(xn + r * hn)
@@ -179,17 +236,19 @@ def _gru_step(params, h, x):
     return _gru_recur(params, h, _gru_project(params, x))
 
 
-RNN_TANH = _rnn_cell(jnp.tanh, "rnn_tanh")
-RNN_RELU = _rnn_cell(jax.nn.relu, "rnn_relu")
-LSTM = Cell("lstm", gated_init(4), _lstm_step, _zero_hc, _lstm_project, _lstm_recur, 2)
-GRU = Cell("gru", gated_init(3), _gru_step, _zero_h, _gru_project, _gru_recur, 1)
+RNN_TANH = _rnn_cell(jnp.tanh, "rnn_tanh", fast.rnn_tanh_fast)
+RNN_RELU = _rnn_cell(jax.nn.relu, "rnn_relu", fast.rnn_relu_fast)
+LSTM = Cell("lstm", gated_init(4), _lstm_step, _zero_hc, _lstm_project, _lstm_recur, 2,
+            4, fast.summed_bias, _gate_splitter(4), fast.lstm_fast, fast.LSTM_CPU_KERNEL)
+GRU = Cell("gru", gated_init(3), _gru_step, _zero_h, _gru_project, _gru_recur, 1,
+           3, fast.gru_slab_bias, _gate_splitter(3), fast.gru_fast)
 
 CELLS: dict[str, Cell] = {c.name: c for c in (RNN_TANH, RNN_RELU, LSTM, GRU)}
-NUM_GATES = {"rnn_tanh": 1, "rnn_relu": 1, "lstm": 4, "gru": 3}
+assert tuple(CELLS) == tuple(NUM_GATES), "jaxrnn.names lists the built-in cells"
 
 
 def get_cell(mode: str | Cell) -> Cell:
-    """Looks up a built-in cell by name, or passes a `Cell` through."""
+    """Looks up a built-in cell by name (`jaxrnn.names`), or passes a `Cell` through."""
     if isinstance(mode, Cell):
         return mode
     if mode not in CELLS:

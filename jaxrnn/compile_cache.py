@@ -8,11 +8,11 @@ compiled programs keyed by the program, the JAX version and the device, never da
 
 Where: --compile-cache DIR, else $JAXRNN_COMPILE_CACHE, else $XDG_CACHE_HOME/jaxrnn/xla
 (~/.cache/jaxrnn/xla); "off" turns it off. JAX's own JAX_COMPILATION_CACHE_DIR, if set, wins.
+The --compile-cache flag itself is jaxrnn.cli's (add_compile_cache_flag).
 """
 
 from __future__ import annotations
 
-import argparse
 import os
 import warnings
 
@@ -25,12 +25,6 @@ MIN_COMPILE_S = 0.0
 def default_dir() -> str:
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
     return os.path.join(base, "jaxrnn", "xla")
-
-
-def add_flag(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--compile-cache", default=None, metavar="DIR",
-                        help=f"persistent XLA compilation cache (default: ${ENV}, else "
-                             f"{default_dir()}; 'off' to disable)")
 
 
 def enable(path: str | None = None) -> str | None:

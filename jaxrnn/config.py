@@ -1,21 +1,30 @@
-"""Training configuration: one frozen dataclass, named presets, and the CLI built from both.
+"""Training configuration: one frozen dataclass and named presets.
 
-Every field of `Config` is a command-line flag (`hidden_size` -> `--hidden-size`), so the
-dataclass is the single place where options and their defaults live. A preset is a dict of
-overrides; unknown fields, wrong types and out-of-range values are errors that name the field.
+`Config` is the single place where a run's options and their defaults live. Options that only
+some models read sit in their own section, a nested frozen dataclass (`Config.tutorial`). A
+preset is a dict of overrides; unknown fields and out-of-range values are `UserError`s that
+name the field (`UserError.fields`). The command line (`jaxrnn.cli`) turns every field into a
+flag (`hidden_size` -> `--hidden-size`, a section's fields too) and, in its messages, every
+field named by an error into its flag.
 """
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
-import typing
 
 from jaxrnn.errors import UserError
+from jaxrnn.names import CELL_NAMES, canonical_cell
 
-CELLS = ("lstm", "gru", "rnn", "rnn_relu")
+CELLS = CELL_NAMES  # the cells a Config may name: rnn_tanh, rnn_relu, lstm, gru
 MODELS = ("charlm", "tutorial-rnn", "tutorial-lstm")
+
+
+@dataclasses.dataclass(frozen=True)
+class TutorialOptions:
+    """Options that only the tutorial's models (model="tutorial-rnn" / "tutorial-lstm") read."""
+
+    faithful_log_softmax: bool = False  # the loss is log(softmax + 1e-6), as the tutorial's
 
 
 @dataclasses.dataclass(frozen=True)
@@ -24,13 +33,12 @@ class Config:
 
     # model
     model: str = "charlm"          # charlm | tutorial-rnn | tutorial-lstm (the tutorial's ports)
-    cell: str = "lstm"             # lstm | gru | rnn (tanh) | rnn_relu
+    cell: str = "lstm"             # rnn_tanh | rnn_relu | lstm | gru (jaxrnn.names)
     hidden_size: int = 256
     num_layers: int = 2
     embedding_size: int = 64       # 0: one-hot input, as char-rnn and the tutorial
     dropout: float = 0.1           # between layers and before the head
     init: str = "pytorch"          # pytorch: U(±1/sqrt(H)) | char-rnn: U(±0.08), forget bias 1
-    faithful_log_softmax: bool = False  # tutorial models: log(softmax + 1e-6) as the tutorial
     # data
     val_frac: float = 0.05         # char-rnn's 95/5 split by position
     batch_mode: str = "streams"    # streams (char-rnn, state carried) | random (nanoGPT)
@@ -64,6 +72,8 @@ class Config:
     on_nonfinite: str = "stop"     # stop | skip
     seed: int = 0
     dtype: str = "float32"         # float32 | float64
+    # sections: options that only some models read
+    tutorial: TutorialOptions = TutorialOptions()
 
     def __post_init__(self):
         self.validate()
@@ -78,43 +88,84 @@ class Config:
         }
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
-                raise UserError(f"--{_flag(name)} must be one of {', '.join(allowed)}; "
-                                f"got {getattr(self, name)!r}")
+                raise UserError(f"{name} must be one of {', '.join(allowed)}; "
+                                f"got {getattr(self, name)!r}", fields=(name,))
         positive = ("hidden_size", "num_layers", "seq_len", "batch_size", "steps_per_call",
                     "log_every", "eval_every", "eval_batch_size", "sample_length",
                     "checkpoint_every", "keep_checkpoints")
         for name in positive:
             if getattr(self, name) < 1:
-                raise UserError(f"--{_flag(name)} must be at least 1; got {getattr(self, name)}")
+                raise UserError(f"{name} must be at least 1; got {getattr(self, name)}",
+                                fields=(name,))
         for name in ("embedding_size", "steps", "warmup_steps", "sample_every",
                      "lr_decay_after"):
             if getattr(self, name) < 0:
-                raise UserError(f"--{_flag(name)} must be 0 or more; got {getattr(self, name)}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise UserError(f"--dropout must be in [0, 1); got {self.dropout}")
-        if not 0.0 <= self.val_frac < 1.0:
-            raise UserError(f"--val-frac must be in [0, 1); got {self.val_frac}")
+                raise UserError(f"{name} must be 0 or more; got {getattr(self, name)}",
+                                fields=(name,))
+        for name in ("dropout", "val_frac"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise UserError(f"{name} must be in [0, 1); got {getattr(self, name)}",
+                                fields=(name,))
         for name in ("lr", "clip_value", "rmsprop_decay", "lr_decay"):
             if not getattr(self, name) > 0:
-                raise UserError(f"--{_flag(name)} must be positive; got {getattr(self, name)}")
+                raise UserError(f"{name} must be positive; got {getattr(self, name)}",
+                                fields=(name,))
         if self.minutes < 0:
-            raise UserError(f"--minutes must be 0 or more; got {self.minutes}")
+            raise UserError(f"minutes must be 0 or more; got {self.minutes}", fields=("minutes",))
         if self.steps == 0 and self.minutes == 0:
-            raise UserError("give --steps N or --minutes M (or both)")
-        if self.model != "charlm" and self.batch_size != 1:
-            raise UserError(f"--model {self.model} trains online, one chunk at a time: "
-                            f"--batch-size must be 1, got {self.batch_size}")
+            raise UserError("steps and minutes are both 0: give steps=N or minutes=M (or both)",
+                            fields=("steps", "minutes"))
+        for name, section in SECTIONS.items():
+            if not isinstance(getattr(self, name), section):
+                raise UserError(f"{name} must be a {section.__name__}; "
+                                f"got {getattr(self, name)!r}", fields=(name,))
 
     def to_json(self) -> str:
+        """The config as JSON; a section is a nested object ({"tutorial": {...}})."""
         return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True)
 
     @classmethod
     def from_dict(cls, values: dict) -> "Config":
+        """The Config of `values` (field -> value, as `json.loads(config.to_json())`).
+
+        Reads what older run directories hold too: cell "rnn" (now "rnn_tanh", jaxrnn.names)
+        and a section's fields at the top level ("faithful_log_softmax", now
+        "tutorial": {"faithful_log_softmax": ...}). A top-level key of a section's field applies
+        on top of the section's values (so a preset's section takes flat overrides).
+        """
+        values = dict(values)
+        for name, section in SECTIONS.items():
+            values[name] = _section_from(name, section, values)
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(values) - known)
         if unknown:
             raise UserError(f"unknown config field(s): {', '.join(unknown)}")
+        if isinstance(values.get("cell"), str):
+            values["cell"] = canonical_cell(values["cell"])
         return cls(**values)
+
+
+# Config fields that are sections: name -> its dataclass. Their fields' names are unique among
+# all fields (sections included), so a field's name alone says which option it is.
+SECTIONS: dict[str, type] = {"tutorial": TutorialOptions}
+assert not {f.name for s in SECTIONS.values() for f in dataclasses.fields(s)} & \
+    {f.name for f in dataclasses.fields(Config)}, "a section's field shadows a Config field"
+
+
+def _section_from(name: str, section: type, values: dict):
+    """Pops the section `name` and its fields' top-level keys from `values`; -> the section."""
+    given = values.pop(name, {})
+    if isinstance(given, section):
+        given = dataclasses.asdict(given)
+    if not isinstance(given, dict):
+        raise UserError(f"{name} must be a {section.__name__} or a dict; got {given!r}",
+                        fields=(name,))
+    names = [f.name for f in dataclasses.fields(section)]
+    unknown = sorted(set(given) - set(names))
+    if unknown:
+        raise UserError(f"unknown config field(s): {', '.join(f'{name}.{k}' for k in unknown)}")
+    flat = {k: values.pop(k) for k in names if k in values}
+    return section(**{**given, **flat})
 
 
 # Fields that change how long or how verbosely a run goes, not what it computes: a run may be
@@ -123,10 +174,6 @@ RUN_CONTROL_FIELDS = frozenset({
     "steps", "minutes", "log_every", "eval_every", "eval_batch_size", "sample_every",
     "sample_length", "sample_prime", "checkpoint_every", "keep_checkpoints", "on_nonfinite",
 })
-
-
-def _flag(name: str) -> str:
-    return name.replace("_", "-")
 
 
 _TUTORIAL = dict(hidden_size=100, num_layers=1, embedding_size=0, dropout=0.0, seq_len=25,
@@ -149,64 +196,38 @@ PRESETS: dict[str, dict] = {
                   seq_len=128, batch_size=128, lr=2e-3, steps=20000, warmup_steps=500,
                   eval_every=1000, checkpoint_every=1000),
     # The tutorial's online loop: 25-character chunks, SGD 0.01, clip ±5, summed NLL.
-    "tutorial-rnn": dict(_TUTORIAL, model="tutorial-rnn", cell="rnn"),
+    "tutorial-rnn": dict(_TUTORIAL, model="tutorial-rnn", cell="rnn_tanh"),
     "tutorial-lstm": dict(_TUTORIAL, model="tutorial-lstm", cell="lstm"),
 }
 
 
 def preset(name: str, **overrides) -> Config:
-    """The named preset with `overrides` applied (field names as in `Config`)."""
+    """The named preset with `overrides` applied (field names as in `Config`; a section's
+    fields may be given at the top level, as `Config.from_dict` reads them)."""
     if name not in PRESETS:
         raise UserError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
     return Config.from_dict({**PRESETS[name], **overrides})
 
 
-def _parse_bool(text: str) -> bool:
-    if text.lower() in ("1", "true", "yes", "on"):
-        return True
-    if text.lower() in ("0", "false", "no", "off"):
-        return False
-    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
-
-
-def add_config_flags(parser: argparse.ArgumentParser) -> None:
-    """Adds `--preset` and one flag per Config field (default None: 'not given')."""
-    parser.add_argument("--preset", default="default",
-                        help=f"named preset: {', '.join(PRESETS)} (default: default)")
-    hints = typing.get_type_hints(Config)
-    for field in dataclasses.fields(Config):
-        kind = hints[field.name]
-        convert = _parse_bool if kind is bool else kind
-        parser.add_argument(f"--{_flag(field.name)}", dest=field.name, type=convert,
-                            default=None, metavar=kind.__name__.upper(),
-                            help=f"(default: {field.default!r}, or the preset's)")
-
-
-def add_text_flags(parser: argparse.ArgumentParser) -> None:
-    """The flags every training entry point shares besides the config: the text and output."""
-    parser.add_argument("--data", required=True, help="a UTF-8 text file to train on")
-    parser.add_argument("--encoding", default="utf-8", help="the text file's encoding")
-    parser.add_argument("--errors", default="strict", choices=["strict", "replace", "ignore"],
-                        help="what to do with bytes the encoding cannot decode")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
-    parser.add_argument("--final-sample", type=int, default=500,
-                        help="characters to sample at the end (0: none)")
-
-
-def config_from_args(args: argparse.Namespace) -> Config:
-    """The preset named by --preset with every flag that was given applied on top."""
-    overrides = {f.name: getattr(args, f.name) for f in dataclasses.fields(Config)
-                 if getattr(args, f.name, None) is not None}
-    return preset(args.preset, **overrides)
+def _flat_dict(config: Config) -> dict:
+    """dataclasses.asdict with sections flattened: {"tutorial.faithful_log_softmax": ...}."""
+    flat = {}
+    for key, value in dataclasses.asdict(config).items():
+        if key in SECTIONS:
+            flat.update({f"{key}.{k}": v for k, v in value.items()})
+        else:
+            flat[key] = value
+    return flat
 
 
 def config_diff(old: Config, new: Config) -> dict:
-    """{field: (old, new)} for the fields that differ and would change what a run computes.
+    """{field: (old, new)} for the fields that differ and would change what a run computes
+    (a section's field as "section.field").
 
     Run-control fields may differ, except `steps` under the cosine schedule, whose shape
     depends on the total number of steps.
     """
-    a, b = dataclasses.asdict(old), dataclasses.asdict(new)
+    a, b = _flat_dict(old), _flat_dict(new)
     ignore = RUN_CONTROL_FIELDS
     if a["schedule"] == "cosine" or b["schedule"] == "cosine":
         ignore = ignore - {"steps"}

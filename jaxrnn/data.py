@@ -60,8 +60,9 @@ def prepare_tinyshakespeare(data_dir: str = DEFAULT_DATA_DIR, from_path: str | N
     log = (lambda *a: None) if quiet else print
     if source:
         if not os.path.isfile(source):
-            via = "--from" if from_path else TINYSHAKESPEARE_ENV
-            raise UserError(f"{via}: no such file: {source}")
+            via = "from_path" if from_path else TINYSHAKESPEARE_ENV
+            raise UserError(f"{via}: no such file: {source}",
+                            fields=("from_path",) if from_path else ())
         _check_hash(source)
         if os.path.abspath(source) != os.path.abspath(dest):
             with open(source, "rb") as f:
@@ -80,8 +81,8 @@ def prepare_tinyshakespeare(data_dir: str = DEFAULT_DATA_DIR, from_path: str | N
         raise UserError(
             f"could not download tiny-shakespeare from {url} ({e}). With no network, get the "
             f"file (1,115,394 characters, sha256 {TINYSHAKESPEARE_SHA256[:16]}...) another way "
-            f"and pass it with `--from PATH` or the environment variable "
-            f"{TINYSHAKESPEARE_ENV}=PATH.") from None
+            f"and pass it with from_path=PATH or the environment variable "
+            f"{TINYSHAKESPEARE_ENV}=PATH.", fields=("from_path",)) from None
     if hashlib.sha256(payload).hexdigest() != TINYSHAKESPEARE_SHA256:
         raise UserError(f"the file downloaded from {url} does not have the expected sha256 "
                         f"{TINYSHAKESPEARE_SHA256}; refusing to use it")
@@ -94,8 +95,8 @@ def _check_hash(path):
     got = sha256_of(path)
     if got != TINYSHAKESPEARE_SHA256:
         raise UserError(f"{path} is not tiny-shakespeare: sha256 {got}, expected "
-                        f"{TINYSHAKESPEARE_SHA256}. To train on your own text, pass it to "
-                        f"train.py with --data instead.")
+                        f"{TINYSHAKESPEARE_SHA256}. To train on your own text, pass it as "
+                        f"the training text (data_path) instead.", fields=("data_path",))
 
 
 # ---------------------------------------------------------------------------- reading text
@@ -116,11 +117,11 @@ def read_text(path: str, encoding: str = "utf-8", errors: str = "strict") -> str
     if not os.path.exists(path):
         raise UserError(f"no such file: {path}")
     if os.path.isdir(path):
-        raise UserError(f"{path} is a folder; --data needs a text file")
+        raise UserError(f"{path} is a folder; a corpus needs a text file")
     try:
         nul_encoded = "\x00".encode(encoding)
     except LookupError:
-        raise UserError(f"unknown --encoding {encoding!r}") from None
+        raise UserError(f"unknown encoding {encoding!r}", fields=("encoding",)) from None
     with open(path, "rb") as f:
         raw = f.read()
     if not raw:
@@ -128,13 +129,14 @@ def read_text(path: str, encoding: str = "utf-8", errors: str = "strict") -> str
     nul = raw.find(b"\x00")
     if nul >= 0 and nul_encoded == b"\x00":  # ASCII-compatible: NUL is not text
         raise UserError(f"{path} looks like a binary file, not text (a NUL byte at byte offset "
-                        f"{nul}); --data needs a text file")
+                        f"{nul}); a corpus needs a text file")
     try:
         text = raw.decode(encoding, errors=errors)
     except UnicodeDecodeError as e:
         raise UserError(f"{path} is not valid {encoding}: byte offset {e.start} "
-                        f"(0x{raw[e.start]:02x}) cannot be decoded. Pass --encoding to name the "
-                        f"file's encoding, or --errors replace to substitute bad bytes.") from None
+                        f"(0x{raw[e.start]:02x}) cannot be decoded. Pass the right encoding, or "
+                        f"errors='replace' to substitute bad bytes.",
+                        fields=("encoding", "errors")) from None
     if not text:
         raise UserError(f"corpus is empty: {path}")
     bad = _NOT_TEXT.findall(text)
@@ -217,16 +219,13 @@ def format_chars(chars) -> str:
 # ---------------------------------------------------------------------------- splits
 
 
-def split_by_position(tokens: np.ndarray, val_frac: float = 0.05, test_frac: float = 0.0):
-    """Splits by position, char-rnn style: [train | val | test]. Returns (train, val, test)."""
-    if not 0.0 <= val_frac < 1.0 or not 0.0 <= test_frac < 1.0 or val_frac + test_frac >= 1.0:
-        raise UserError(f"val_frac={val_frac} and test_frac={test_frac} must be in [0, 1) and "
-                        f"sum to less than 1")
-    n = len(tokens)
-    n_val = int(round(n * val_frac))
-    n_test = int(round(n * test_frac))
-    n_train = n - n_val - n_test
-    return tokens[:n_train], tokens[n_train:n_train + n_val], tokens[n_train + n_val:]
+def split_by_position(tokens: np.ndarray, val_frac: float = 0.05):
+    """Splits by position, char-rnn style: [train | val], the last `val_frac` of the tokens
+    being the validation set. Returns (train, val)."""
+    if not 0.0 <= val_frac < 1.0:
+        raise UserError(f"val_frac must be in [0, 1); got {val_frac}", fields=("val_frac",))
+    n_train = len(tokens) - int(round(len(tokens) * val_frac))
+    return tokens[:n_train], tokens[n_train:]
 
 
 # ---------------------------------------------------------------------------- batches
@@ -249,13 +248,16 @@ class StreamLayout:
     def windows_per_epoch(self) -> int:
         return self.stream_len // self.seq_len
 
-    def check(self, what="training text"):
+    def check(self, what="training text", fields=()):
+        """Raises a UserError naming batch_size, seq_len (and `fields`, the other fields that
+        `what` names) when the text is too short for one window of every stream."""
         need = (self.seq_len + 1) * self.batch_size
         if self.windows_per_epoch < 1 or self.num_tokens < need:
             raise UserError(
                 f"the {what} has {self.num_tokens} characters, but batch_size={self.batch_size} "
                 f"x (seq_len={self.seq_len} + 1) needs at least {need}; use a smaller "
-                f"--batch-size or --seq-len, or a longer text")
+                f"batch_size or seq_len, or a longer text",
+                fields=("batch_size", "seq_len", *fields))
 
 
 def stream_batch(tokens, step, batch_size: int, seq_len: int):

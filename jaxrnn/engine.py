@@ -1,73 +1,66 @@
 """The recurrent engine: the JAX counterpart of torch.nn.RNN / LSTM / GRU.
 
-`Recurrent` stacks a cell (`jaxrnn.cells`) into layers and directions and runs it over time
-with `lax.scan`. With `lengths` it gives exactly what PyTorch gives for
+`Recurrent` stacks a cell (`jaxrnn.cells`) into layers and directions and runs it over time.
+With `lengths` it gives exactly what PyTorch gives for
 `pack_padded_sequence(x, lengths, enforce_sorted=False)` -> module -> `pad_packed_sequence`:
 outputs are zero at padded positions, each sequence's final state is the state at its own last
 element, and the reverse direction starts at each sequence's own last element.
 
-How one direction of one layer runs (`run_direction`):
-  1. the input projection of every time step is one GEMM before the loop (`cell.project`),
-  2. the scan body does only the recurrent matmul and the gate math (`cell.recur`),
-  3. with lengths, a [T, B] mask freezes the carry after a sequence ends and zeroes the output.
-Without lengths, no mask enters the loop. A registered fast layer (`register_fast_layer`), e.g.
-a `custom_vjp` LSTM or a fused kernel, can replace steps 1-3 for a built-in cell; the scan here
-stays the reference and the fallback.
+How each direction of each layer is computed is a value, resolved once from the `Recurrent`'s
+own fields when it is built (`Recurrent.plan`, a `LayerPlan`), never from module state:
+  "reference"  `run_direction`: `lax.scan` over the cell's `recur` (`unroll` honoured), the
+               input projection of every step one GEMM before the loop; with lengths a [T, B]
+               mask freezes the carry after a sequence ends and zeroes the output. The
+               reference every other way is checked against, and the only masked one.
+  "fast"       the cell's `fast` recurrence: a `custom_vjp` scan (`unroll` honoured).
+  "kernel"     the cell's fused `kernel` (for example the CPU LSTM of `jaxrnn.kernels`).
+`impl="auto"` takes the kernel where it can run (its backend, dtype, library built, unroll 1),
+else the fast recurrence, else the reference; with `lengths` it runs the reference. An
+`impl` asked for by name that cannot run is an error that says why.
+
+Layer 0 reads either `x` or its precomputed input slab `projected0` (one [T, B, G*H] array per
+direction, `x @ W_ih^T + cell.slab_bias(params)`), for callers that build it more cheaply than
+a GEMM, for example by gathering rows of a projected embedding table (`jaxrnn.model`).
 """
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from jaxrnn import cells as cells_lib
+from jaxrnn import fast as fast_lib
 from jaxrnn.packing import sequence_mask
 
-# name of a built-in cell -> fn(params, xs[T,B,I], carry0, reverse) -> (ys[T,B,H], carryT)
-_FAST_LAYERS: dict[str, Callable] = {}
-_FAST_TOKEN_LAYERS: dict[str, Callable] = {}
-
-
-def register_fast_layer(cell_name: str, fn: Callable, tokens_fn: Callable | None = None) -> None:
-    """Registers a faster implementation of one unmasked direction of a built-in cell.
-
-    `fn(params, xs, carry0, reverse) -> (ys, carry_T)` must equal `run_direction` without
-    lengths (the parity tests check both against PyTorch). It is used when
-    `Recurrent(impl="auto" | "fast")` runs without `lengths`.
-
-    `tokens_fn(params, ids, table, carry0, reverse)`, optional, is the same layer fed token
-    ids: it must equal `fn(params, table[ids], ...)` (one-hot rows when table is None), and
-    is what `Recurrent.apply_tokens` runs for layer 0.
-    """
-    _FAST_LAYERS[cell_name] = fn
-    if tokens_fn is not None:
-        _FAST_TOKEN_LAYERS[cell_name] = tokens_fn
-    else:
-        _FAST_TOKEN_LAYERS.pop(cell_name, None)
+IMPLS = ("auto", "reference", "fast", "kernel")
 
 
 def run_direction(cell: cells_lib.Cell, params, xs, carry0, *, reverse=False, mask=None,
-                  unroll: int = 1):
-    """Runs one direction of one layer over time.
+                  unroll: int = 1, slab=None):
+    """Runs one direction of one layer over time: the reference scan.
 
     Args:
       cell: the cell.
       params: the cell's parameter dict.
-      xs: <float>[T, B, I] inputs, time-major.
+      xs: <float>[T, B, I] inputs, time-major (None when `slab` is given).
       carry0: the initial carry, a pytree of <float>[B, H] arrays.
       reverse: run from t = T-1 down to 0 (outputs stay in time order).
       mask: optional <bool>[T, B]; False marks padding. A masked step keeps the carry and
         emits zeros, so the reverse direction starts at each sequence's own last element.
       unroll: passed to `lax.scan`.
+      slab: optional <float>[T, B, G*H], the precomputed input slab (`Cell.takes_slab`).
 
     Returns:
       (ys <float>[T, B, H], carry_T) where carry_T is each sequence's final carry.
     """
-    if cell.project is not None:
+    if slab is not None:
+        projected = cell.unslab(slab)
+        recur = jax.vmap(cell.recur, in_axes=(None, 0, 0))
+    elif cell.project is not None:
         projected = cell.project(params, xs)  # one GEMM for all T*B inputs
         recur = jax.vmap(cell.recur, in_axes=(None, 0, 0))
     else:
@@ -98,16 +91,6 @@ def dropout(key, x, rate):
     return jnp.where(keep, x / (1.0 - rate), jnp.zeros_like(x))
 
 
-def token_inputs(ids, table, size: int, dtype):
-    """The inputs token ids stand for: table[ids], or one-hot rows of `size` (table None).
-
-    ids <int>[...] -> <float>[..., size] (table's dtype, or `dtype` for one-hot rows).
-    """
-    if table is None:
-        return jax.nn.one_hot(ids, size, dtype=dtype)
-    return jnp.take(table, ids, axis=0)
-
-
 # jax.core.Tracer is public but jax.core is being slimmed down; keep working if it moves.
 _TRACER = getattr(jax.core, "Tracer", None)
 if _TRACER is None:  # pragma: no cover
@@ -119,12 +102,75 @@ def _is_concrete(x) -> bool:
 
 
 @dataclasses.dataclass(frozen=True)
+class LayerPlan:
+    """How a `Recurrent`'s layers are computed, resolved when it is built.
+
+    Attributes:
+      unmasked: "reference", "fast" or "kernel": what runs without lengths.
+      requested: the `impl` asked for ("auto" or one of the above).
+      unroll: the `lax.scan` unroll of the reference and fast scans.
+      kernel_parts: how the kernel splits the hidden units (0: one part per thread).
+      fallback: what runs in place of the kernel for a dtype it does not compute in
+        (impl="auto" only; "fast" or "reference").
+    Layers with lengths always run "reference".
+    """
+
+    unmasked: str
+    requested: str
+    unroll: int = 1
+    kernel_parts: int = 0
+    fallback: str = "reference"
+
+    def for_call(self, cell: cells_lib.Cell, dtype, masked: bool) -> str:
+        """The implementation of one call: `unmasked`, or the masked reference, or, for a
+        dtype the kernel does not compute in, the fallback (an error if asked for by name)."""
+        if masked:
+            if self.requested in ("fast", "kernel"):
+                raise ValueError(f"impl={self.requested!r} runs layers without lengths only; "
+                                 f"use impl='auto' or 'reference' with lengths")
+            return "reference"
+        if self.unmasked == "kernel":
+            reason = cell.kernel.unavailable_reason(dtype)
+            if reason is not None:
+                if self.requested == "kernel":
+                    raise ValueError(f"impl='kernel' cannot run: {reason}")
+                return self.fallback
+        return self.unmasked
+
+
+def resolve_plan(cell: cells_lib.Cell, impl: str, unroll: int, kernel_parts: int) -> LayerPlan:
+    """The `LayerPlan` of a cell for an `impl`; raises ValueError naming what cannot run."""
+    fallback = "fast" if cell.fast is not None else "reference"
+    if impl == "reference":
+        return LayerPlan("reference", impl, unroll, kernel_parts)
+    if impl == "fast":
+        if cell.fast is None:
+            raise ValueError(f"impl='fast': cell {cell.name!r} has no fast recurrence")
+        return LayerPlan("fast", impl, unroll, kernel_parts)
+    if impl == "kernel":
+        if cell.kernel is None:
+            raise ValueError(f"impl='kernel': cell {cell.name!r} has no fused kernel")
+        if unroll != 1:
+            raise ValueError(f"impl='kernel' has no scan to unroll; unroll={unroll} needs "
+                             f"impl='fast' or 'reference'")
+        reason = cell.kernel.unavailable_reason()
+        if reason is not None:
+            raise ValueError(f"impl='kernel' cannot run: {reason}")
+        return LayerPlan("kernel", impl, unroll, kernel_parts, fallback)
+    # auto: an unroll other than 1 asks for a scan, which the kernel does not have
+    if cell.kernel is not None and unroll == 1 and cell.kernel.unavailable_reason() is None:
+        return LayerPlan("kernel", impl, unroll, kernel_parts, fallback)
+    return LayerPlan(fallback, impl, unroll, kernel_parts)
+
+
+@dataclasses.dataclass(frozen=True)
 class Recurrent:
     """A multi-layer, optionally bidirectional recurrent network with PyTorch's semantics.
 
     Arguments mirror `torch.nn.LSTM`: `mode` is "rnn_tanh", "rnn_relu", "lstm", "gru" or a
-    custom `jaxrnn.Cell`. `impl` picks "reference" (the masked/unmasked scan), "fast" (a
-    registered fast layer, see `register_fast_layer`) or "auto" (fast when available).
+    custom `jaxrnn.Cell`. `impl` is "auto", "reference", "fast" or "kernel" (see the module
+    docstring); `unroll` is the scan unroll of the reference and fast scans; `kernel_parts`
+    splits the kernel's hidden units (0: one part per thread). `plan` is what they resolve to.
 
     Example (the tutorial's Part 4, packed sequences):
       >>> rnn = Recurrent("rnn_tanh", input_size=1, hidden_size=1)
@@ -143,17 +189,25 @@ class Recurrent:
     bidirectional: bool = False
     impl: str = "auto"
     unroll: int = 1
+    kernel_parts: int = 0
+    plan: LayerPlan = dataclasses.field(init=False, compare=False)
 
     def __post_init__(self):
-        cells_lib.get_cell(self.mode)
-        for name in ("input_size", "hidden_size", "num_layers"):
+        cell = cells_lib.get_cell(self.mode)
+        for name in ("input_size", "hidden_size", "num_layers", "unroll"):
             value = getattr(self, name)
             if not isinstance(value, (int, np.integer)) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        if not isinstance(self.kernel_parts, (int, np.integer)) or self.kernel_parts < 0:
+            raise ValueError(f"kernel_parts must be 0 or a positive integer, got "
+                             f"{self.kernel_parts!r}")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout!r}")
-        if self.impl not in ("auto", "reference", "fast"):
-            raise ValueError(f"impl must be 'auto', 'reference' or 'fast', got {self.impl!r}")
+        if self.impl not in IMPLS:
+            raise ValueError(f"impl must be one of {', '.join(map(repr, IMPLS))}, got "
+                             f"{self.impl!r}")
+        object.__setattr__(self, "plan", resolve_plan(cell, self.impl, int(self.unroll),
+                                                      int(self.kernel_parts)))
 
     @property
     def cell(self) -> cells_lib.Cell:
@@ -183,7 +237,7 @@ class Recurrent:
     def check_params(self, params) -> None:
         """Raises ValueError naming the first place where `params` has the wrong structure."""
         expected = (jax.eval_shape(self.init, jax.random.key(0))  # shapes only, no arrays
-                    if not isinstance(self.mode, str) else None)
+                    if self.cell.num_gates is None else None)
         if not isinstance(params, (list, tuple)) or len(params) != self.num_layers:
             got = len(params) if isinstance(params, (list, tuple)) else type(params).__name__
             raise ValueError(f"params must be a list of {self.num_layers} layers, got {got}")
@@ -195,7 +249,7 @@ class Recurrent:
                 if expected is not None:
                     want = jax.tree.map(lambda a: a.shape, expected[layer][d])
                 else:
-                    want = self._builtin_shapes(layer)
+                    want = self._gated_shapes(layer)
                 if not isinstance(p, dict) or set(p) != set(want):
                     got = sorted(p) if isinstance(p, dict) else type(p).__name__
                     raise ValueError(f"params[{layer}][{d}] must have keys {sorted(want)}, "
@@ -205,8 +259,9 @@ class Recurrent:
                         raise ValueError(f"params[{layer}][{d}][{name!r}] must have shape "
                                          f"{tuple(shape)}, got {tuple(p[name].shape)}")
 
-    def _builtin_shapes(self, layer):
-        gh = cells_lib.NUM_GATES[self.mode] * self.hidden_size
+    def _gated_shapes(self, layer):
+        """PyTorch's layout for a cell with `num_gates`, without building any array."""
+        gh = self.cell.num_gates * self.hidden_size
         shapes = {"weight_ih": (gh, self.layer_input_size(layer)),
                   "weight_hh": (gh, self.hidden_size)}
         if self.bias:
@@ -236,34 +291,46 @@ class Recurrent:
 
     # ---------------------------------------------------------------- running
 
-    def apply(self, params, x, hx=None, lengths=None, key=None):
+    def apply(self, params, x=None, hx=None, lengths=None, key=None, *, projected0=None):
         """Runs the network.
 
         Args:
           params: from `init` (or converted from PyTorch).
-          x: <float>[T, B, I] ([B, T, I] if batch_first).
+          x: <float>[T, B, I] ([B, T, I] if batch_first); None when `projected0` is given.
           hx: optional initial state, <float>[L*D, B, H] (LSTM: a tuple (h_0, c_0)).
           lengths: optional <int>[B], values in 1..T, any order: the valid length of each
             sequence, with `pack_padded_sequence`'s meaning.
           key: PRNG key; with `dropout > 0` it turns on dropout between layers (training).
+          projected0: instead of x, layer 0's input slab: a sequence of D arrays
+            <float>[T, B, G*H] (time-major whatever batch_first says), one per direction,
+            each `x @ W_ih^T + cell.slab_bias(params[0][d])`. For cells with
+            `Cell.takes_slab` (every built-in cell).
 
         Returns:
           (output, h_n): output <float>[T, B, D*H] ([B, T, D*H] if batch_first), zero at
           padded positions; h_n <float>[L*D, B, H] (LSTM: the tuple (h_n, c_n)).
         """
-        x = jnp.asarray(x)
-        if x.ndim != 3:
-            raise ValueError(f"x must have rank 3 ({'B, T' if self.batch_first else 'T, B'}, "
-                             f"input_size), got shape {x.shape}")
-        if self.batch_first:
-            x = jnp.swapaxes(x, 0, 1)
-        steps, batch_size, features = x.shape
-        if features != self.input_size:
-            raise ValueError(f"x's last dimension must be input_size={self.input_size}, "
-                             f"got shape {x.shape}")
         self.check_params(params)
+        if (x is None) == (projected0 is None):
+            raise ValueError("give exactly one of x and projected0")
+        if x is not None:
+            x = jnp.asarray(x)
+            if x.ndim != 3:
+                raise ValueError(f"x must have rank 3 ({'B, T' if self.batch_first else 'T, B'}"
+                                 f", input_size), got shape {x.shape}")
+            if self.batch_first:
+                x = jnp.swapaxes(x, 0, 1)
+            steps, batch_size, features = x.shape
+            if features != self.input_size:
+                raise ValueError(f"x's last dimension must be input_size={self.input_size}, "
+                                 f"got shape {x.shape}")
+            dtype = x.dtype
+        else:
+            projected0 = self._check_projected0(projected0)
+            steps, batch_size, _ = projected0[0].shape
+            dtype = projected0[0].dtype
         if hx is None:
-            hx = self.zero_state(batch_size, x.dtype)
+            hx = self.zero_state(batch_size, dtype)
         else:
             self._check_hx(hx, batch_size)
 
@@ -279,65 +346,39 @@ class Recurrent:
                                      f"and max {bad.max()}")
             mask = sequence_mask(lengths, steps).T  # [T, B]
 
-        return self._run_layers(params, x, hx, mask, key)
+        impl = self.plan.for_call(self.cell, dtype, mask is not None)
+        return self._run_layers(params, x, projected0, hx, mask, key, impl)
 
-    def _fast_layer(self, mask, registry=None):
-        """The registered fast layer to use, or None for the reference scan."""
-        registry = _FAST_LAYERS if registry is None else registry
-        fast = registry.get(self.cell.name) if isinstance(self.mode, str) else None
-        if self.impl == "reference" or mask is not None:
-            return None
-        if self.impl == "fast" and _FAST_LAYERS.get(self.cell.name) is None:
-            raise ValueError(f"no fast layer is registered for mode {self.cell.name!r}")
-        return fast
+    def _check_projected0(self, projected0):
+        if not self.cell.takes_slab:
+            raise ValueError(f"cell {self.cell.name!r} takes no projected0 (it needs num_gates, "
+                             f"slab_bias, unslab and recur)")
+        if not isinstance(projected0, (list, tuple)) or len(projected0) != self.num_directions:
+            raise ValueError(f"projected0 must be a list of {self.num_directions} arrays, one "
+                             f"per direction")
+        projected0 = [jnp.asarray(p) for p in projected0]
+        width = self.cell.num_gates * self.hidden_size
+        first = projected0[0].shape
+        for p in projected0:
+            if p.ndim != 3 or p.shape[-1] != width or p.shape != first:
+                raise ValueError(f"projected0 must hold arrays of shape (T, B, {width}) "
+                                 f"(num_gates * hidden_size), got {[q.shape for q in projected0]}")
+        return projected0
 
-    def apply_tokens(self, params, ids, table=None, hx=None, key=None, dtype=jnp.float32):
-        """Runs the network on token ids: layer 0 reads table[ids], or one-hot rows.
+    def _direction(self, impl, params, xs, slab, carry0, reverse, mask):
+        """One direction of one layer, by `impl`; reads `slab` if given, else `xs`."""
+        cell, plan = self.cell, self.plan
+        if impl == "reference":
+            return run_direction(cell, params, xs, carry0, reverse=reverse, mask=mask,
+                                 unroll=plan.unroll, slab=slab)
+        if slab is None:
+            slab = fast_lib.input_slab(params, xs, cell.slab_bias(params))
+        if impl == "kernel":
+            return cell.kernel.run(params, slab, carry0, reverse, plan.kernel_parts)
+        return cell.fast(params, slab, carry0, reverse, plan.unroll)
 
-        Equal to `apply(params, table[ids] or one_hot(ids), hx, key=key)` (time-major, no
-        lengths), but a registered token layer may skip building layer 0's [T, B, I] input
-        and its [T*B, I] x [I, G*H] projection GEMM: `jaxrnn.fast` gathers rows of the
-        projected table (table @ W_ih^T + bias, [V, G*H]) where that measured faster.
-
-        Args:
-          ids: <int>[T, B] ([B, T] if batch_first) token ids in [0, V).
-          table: <float>[V, input_size] (an embedding), or None for one-hot input, where
-            V = input_size.
-          dtype: the one-hot rows' dtype (table None).
-        Returns:
-          (output, h_n), as `apply`.
-        """
-        ids = jnp.asarray(ids)
-        if ids.ndim != 2:
-            raise ValueError(f"ids must have rank 2, got shape {ids.shape}")
-        if self.batch_first:
-            ids = ids.T
-        if table is not None and (table.ndim != 2 or table.shape[1] != self.input_size):
-            raise ValueError(f"table must have shape (V, input_size={self.input_size}), got "
-                             f"{jnp.shape(table)}")
-        self.check_params(params)
-        tokens_fast = self._fast_layer(None, _FAST_TOKEN_LAYERS)
-        if tokens_fast is None:
-            x = token_inputs(ids, table, self.input_size, dtype)
-            if self.batch_first:
-                x = jnp.swapaxes(x, 0, 1)
-            return self.apply(params, x, hx, key=key)
-        batch_size = ids.shape[1]
-        dtype = dtype if table is None else table.dtype
-        if hx is None:
-            hx = self.zero_state(batch_size, dtype)
-        else:
-            self._check_hx(hx, batch_size)
-
-        def first_layer(layer_params, carry0, reverse):
-            return tokens_fast(layer_params, ids, table, carry0, reverse)
-
-        return self._run_layers(params, None, hx, None, key, first_layer)
-
-    def _run_layers(self, params, x, hx, mask, key, first_layer=None):
-        """The layers over time-major x [T, B, I]; `first_layer(params, carry0, reverse)`,
-        if given, runs layer 0 in place of reading x."""
-        fast = self._fast_layer(mask)
+    def _run_layers(self, params, x, projected0, hx, mask, key, impl):
+        """The layers over time-major x [T, B, I] (or layer 0's slabs `projected0`)."""
         layer_input = x
         finals = []
         for layer in range(self.num_layers):
@@ -345,13 +386,9 @@ class Recurrent:
             for d in range(self.num_directions):
                 index = layer * self.num_directions + d
                 carry0 = jax.tree.map(lambda a: a[index], hx)
-                if layer == 0 and first_layer is not None:
-                    ys, carry_t = first_layer(params[layer][d], carry0, d == 1)
-                elif fast is not None:
-                    ys, carry_t = fast(params[layer][d], layer_input, carry0, d == 1)
-                else:
-                    ys, carry_t = run_direction(self.cell, params[layer][d], layer_input, carry0,
-                                                reverse=d == 1, mask=mask, unroll=self.unroll)
+                slab = projected0[d] if layer == 0 and projected0 is not None else None
+                ys, carry_t = self._direction(impl, params[layer][d], layer_input, slab,
+                                              carry0, d == 1, mask)
                 outputs.append(ys)
                 finals.append(carry_t)
             layer_input = outputs[0] if len(outputs) == 1 else jnp.concatenate(outputs, -1)

@@ -1,47 +1,30 @@
-"""Errors that are the user's to fix: the CLIs print them on one line and exit with code 2."""
+"""Errors that are the user's to fix, and warnings the user should see.
+
+The library's messages name the fields and arguments they are about (`hidden_size`, `prime`),
+never a command-line flag; `UserError.fields` lists those names, and the command line
+(`jaxrnn.cli`) shows each as its flag (`--hidden-size`, `--prime`) in its one-line message.
+"""
 
 from __future__ import annotations
 
 import functools
-import sys
-import warnings
 
 
 class UserError(ValueError):
-    """Bad input (a file, a flag, a checkpoint) with a message that says what to do."""
+    """Bad input (a file, a field, a checkpoint) with a message that says what to do.
+
+    fields: the config fields (e.g. "hidden_size", a section's "faithful_log_softmax") or
+    function arguments (e.g. sample_text's "prime", read_text's "encoding") that the message
+    names; empty when it names none.
+    """
+
+    def __init__(self, *args, fields: tuple[str, ...] | list[str] = ()):
+        super().__init__(*args)
+        self.fields = tuple(fields)
+
+    def __reduce__(self):  # keep `fields` through pickling (worker processes)
+        return functools.partial(type(self), fields=self.fields), self.args
 
 
 class JaxrnnWarning(UserWarning):
     """Something the user should know that does not stop the run (e.g. a checkpoint skipped)."""
-
-
-def cli_main(main):
-    """Wraps a script's main(): UserError -> one line on stderr and exit code 2, no traceback.
-
-    JaxrnnWarnings print as one line, "warning: ..."; a KeyboardInterrupt that the run loop
-    did not handle (e.g. a second Ctrl-C) prints one line and exits with code 130.
-    """
-
-    @functools.wraps(main)
-    def wrapper(*args, **kwargs):
-        show_default = warnings.showwarning
-
-        def show(message, category, filename, lineno, file=None, line=None):
-            if issubclass(category, JaxrnnWarning):
-                print(f"warning: {message}", file=sys.stderr, flush=True)
-            else:
-                show_default(message, category, filename, lineno, file, line)
-
-        warnings.showwarning = show
-        try:
-            return main(*args, **kwargs)
-        except UserError as e:
-            print(f"error: {e}", file=sys.stderr)
-            sys.exit(2)
-        except KeyboardInterrupt:
-            print("interrupted; checkpoints already written are kept", file=sys.stderr)
-            sys.exit(130)
-        finally:
-            warnings.showwarning = show_default
-
-    return wrapper

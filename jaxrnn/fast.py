@@ -1,15 +1,15 @@
-"""Fast unmasked layers: hand-written backward passes for the built-in cells.
+"""Fast unmasked recurrences: hand-written backward passes for the built-in cells.
 
-`Recurrent(impl="auto" | "fast")` uses these when it runs without `lengths` (importing jaxrnn
-registers them); they compute what `jaxrnn.engine.run_direction` computes (tests/test_fast.py
-checks both against torch.nn.LSTM / GRU / RNN to 1e-10 in float64), faster on CPU.
-One direction of one layer is
+The built-in cells (`jaxrnn.cells`) carry these as their `fast` recurrence, and the LSTM its
+fused kernel; `jaxrnn.Recurrent` runs them for unmasked layers when its `impl` says so. They
+compute what `jaxrnn.engine.run_direction` computes (tests/test_fast.py checks both against
+torch.nn.LSTM / GRU / RNN to 1e-10 in float64), faster on CPU. One direction of one layer is
 
-  slab = xs @ W_ih^T + b                    one GEMM over all T*B rows (`project`); JAX's
+  slab = xs @ W_ih^T + b                    one GEMM over all T*B rows (`input_slab`); JAX's
                                             autodiff gives dW_ih, db and dxs as GEMMs too
-  ys, carry_T = recurrence(W_hh, slab, ..)  a `jax.custom_vjp` scan (`run_slab`)
+  ys, carry_T = recurrence(W_hh, slab, ..)  a `jax.custom_vjp` scan
 
-What the custom VJP does, and why (numbers in scripts/profile_engine.py, PERF_NOTES.md):
+What the custom VJP does, and why (numbers in scripts/profile_engine.py, docs/PERF_NOTES.md):
   forward   the slab is split per gate *before* the loop: slicing a [B, G*H] slab of it
             inside the body is about 2x slower on XLA:CPU. Under `grad` the loop stacks h,
             c and the activated gates; without `grad` it stacks only h. Stacking the gates
@@ -25,11 +25,8 @@ What the custom VJP does, and why (numbers in scripts/profile_engine.py, PERF_NO
 Notation (PyTorch's, see jaxrnn.cells): a = the gates' pre-activations; h_{t-1} is the state
 the step at t reads (h_{t+1} when running in reverse); G = 4 (LSTM), 3 (GRU), 1 (Elman).
 
-On the CPU, the LSTM recurrence is the fused kernel of `jaxrnn.kernels` (one custom call per
-loop; `lstm_recurrence_kernel`) when it is built; the scan above is the fallback everywhere else.
-
-The recurrences take the slab, not xs, so that layer 0 can be fed token ids without the
-projection GEMM: `embedding_slab` gathers rows of the projected embedding table.
+The recurrences take the slab, not xs, so that a caller holding token ids can hand layer 0 a
+slab gathered from a projected embedding table (`Recurrent.apply(projected0=...)`).
 
 `jax.custom_vjp` is reverse-mode only: `grad`, `vjp`, `jit` and `vmap` compose with these
 layers; `jax.jvp` and forward-over-reverse Hessians do not (use impl="reference" for those).
@@ -43,10 +40,10 @@ import jax
 import jax.numpy as jnp
 
 from jaxrnn import kernels
-from jaxrnn.engine import register_fast_layer, token_inputs
 
-# `lax.scan` unroll of both loops. unroll=2 and 4 were no faster than 1 at W2 / W3 / W4 / W5
-# (scripts/profile_engine.py; within noise, u4 often 5-15% slower) and compile longer.
+# The default `lax.scan` unroll of both loops (`Recurrent(unroll=...)` sets it). unroll=2 and
+# 4 were no faster than 1 at W2 / W3 / W4 / W5 (scripts/profile_engine.py; within noise, u4
+# often 5-15% slower) and compile longer.
 UNROLL = 1
 
 
@@ -129,7 +126,7 @@ def _lstm_scan(weight_hh, slab, h0, c0, reverse, unroll, stack_all):
     """The forward loop; stacks h, and with stack_all also c and the gates (for the VJP)."""
     w_t = weight_hh.T  # [H, 4H]
     # Per gate, outside the loop: slicing a [B, 4H] slab of the input inside the body is
-    # about 2x slower on XLA:CPU (PERF_NOTES).
+    # about 2x slower on XLA:CPU (docs/PERF_NOTES.md).
     x_gates = _split(slab, 4)
 
     def body(carry, x):
@@ -198,25 +195,26 @@ def _lstm_bwd(reverse, unroll, residuals, cotangents):
 lstm_recurrence.defvjp(_lstm_fwd, _lstm_bwd)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(4,))
-def lstm_recurrence_kernel(weight_hh, slab, h0, c0, reverse=False):
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5))
+def lstm_recurrence_kernel(weight_hh, slab, h0, c0, reverse=False, parts=0):
     """`lstm_recurrence` by the fused CPU kernel (`jaxrnn.kernels`): both loops are one custom
     call each, and the backward's gate derivatives are computed inside its loop, so no
-    [T, B, 4H] factors are held. Same arguments and results, CPU only."""
-    hs, _, _, h_t, c_t = kernels.lstm_forward(weight_hh, slab, h0, c0, reverse)
+    [T, B, 4H] factors are held. Same arguments and results (no unroll; `parts` splits the
+    hidden units, 0: one part per thread), CPU only."""
+    hs, _, _, h_t, c_t = kernels.lstm_forward(weight_hh, slab, h0, c0, reverse, parts)
     return hs, h_t, c_t
 
 
-def _lstm_kernel_fwd(weight_hh, slab, h0, c0, reverse):
-    hs, cs, gates, h_t, c_t = kernels.lstm_forward(weight_hh, slab, h0, c0, reverse)
+def _lstm_kernel_fwd(weight_hh, slab, h0, c0, reverse, parts):
+    hs, cs, gates, h_t, c_t = kernels.lstm_forward(weight_hh, slab, h0, c0, reverse, parts)
     return (hs, h_t, c_t), (weight_hh, h0, c0, hs, cs, gates)
 
 
-def _lstm_kernel_bwd(reverse, residuals, cotangents):
+def _lstm_kernel_bwd(reverse, parts, residuals, cotangents):
     weight_hh, h0, c0, hs, cs, gates = residuals
     d_hs, d_h_last, d_c_last = cotangents
     da, dh0, dc0 = kernels.lstm_backward(weight_hh, gates, cs, c0, d_hs, d_h_last, d_c_last,
-                                         reverse)
+                                         reverse, parts)
     return _outer_sum(da, _previous(hs, h0, reverse)), da, dh0, dc0
 
 
@@ -342,142 +340,64 @@ rnn_relu_recurrence = _make_rnn_recurrence(
     jax.nn.relu, lambda h: (h > 0).astype(h.dtype))
 
 
-# ------------------------------------------------------------------------------- layers
+# ------------------------------------------------------------------------------- per cell
 #
-# A layer is  slab = (input projection) + per-cell bias,  then the cell's recurrence on the slab.
-# The slab is also what a caller that does not hold xs can build, e.g. from token ids:
-# `embedding_slab` gathers rows of a projected embedding table instead of running the
-# [T*B, I] x [I, G*H] projection GEMM.
+# What the built-in cells carry (`jaxrnn.cells`): the bias folded into the slab, and the
+# recurrence on the slab, `fn(params, slab, carry0, reverse, unroll) -> (ys, carry_T)`.
 
 
-def slab_bias(mode, params):
-    """The bias folded into the slab: b_ih + b_hh, except GRU's b_hn, which stays in the loop."""
+def input_slab(params, xs, bias):
+    """<float>[T, B, I] -> the slab <float>[T, B, G*H] = xs @ W_ih^T + bias (bias [G*H] or
+    None): one GEMM over all T*B rows."""
+    return _project(xs, params["weight_ih"], bias)
+
+
+def summed_bias(params):
+    """The slab bias of the Elman RNN and the LSTM: b_ih + b_hh (None without bias)."""
     if "bias_ih" not in params:
         return None
-    if mode != "gru":
-        return params["bias_ih"] + params["bias_hh"]
+    return params["bias_ih"] + params["bias_hh"]
+
+
+def gru_slab_bias(params):
+    """The GRU's slab bias: b_ih + [b_hr, b_hz, 0]; b_hn stays inside r * (W_hn h + b_hn)."""
+    if "bias_ih" not in params:
+        return None
     hidden = params["weight_hh"].shape[-1]
     b_hh = params["bias_hh"]
     return params["bias_ih"] + jnp.concatenate([b_hh[:2 * hidden],
                                                 jnp.zeros_like(b_hh[2 * hidden:])])
 
 
-def project(mode, params, xs):
-    """<float>[T, B, I] -> the slab <float>[T, B, G*H] = xs @ W_ih^T + slab_bias."""
-    return _project(xs, params["weight_ih"], slab_bias(mode, params))
+def lstm_fast(params, slab, carry0, reverse=False, unroll=UNROLL):
+    """One unmasked LSTM direction on its slab: (ys <float>[T, B, H], (h_T, c_T))."""
+    h0, c0 = carry0
+    hs, h_t, c_t = lstm_recurrence(params["weight_hh"], slab, h0, c0, reverse, unroll)
+    return hs, (h_t, c_t)
 
 
-def embedding_slab(mode, params, ids, table=None):
-    """The layer-0 slab for token ids: equal to `project(mode, params, table[ids])`.
-
-    Args:
-      params: the layer's parameter dict (weight_ih <float>[G*H, D]).
-      ids: <int>[T, B] token ids in [0, V).
-      table: <float>[V, D] embedding table, or None for one-hot inputs (D = V).
-
-    Returns:
-      <float>[T, B, G*H]: rows of the projected table (table @ W_ih^T + bias, [V, G*H], one
-      small GEMM) gathered by id, so no [T*B, D] x [D, G*H] GEMM runs (9-20% of a W2
-      training step; see GATHER_MIN_TOKENS for where it does not pay). The gather's VJP is `jnp.take`'s scatter-add: a custom VJP doing
-      one_hot(ids)^T @ d_slab instead was 2.4x slower for that op at W2 (1.2 vs 2.7 ms) and
-      15% faster at W3 / W4 sizes (32 vs 37 ms, 38 vs 46 ms), under 3% of a step either way.
-    """
-    projected = params["weight_ih"].T if table is None else table @ params["weight_ih"].T
-    bias = slab_bias(mode, params)
-    if bias is not None:
-        projected = projected + _row(bias, 2)
-    return jnp.take(projected, ids, axis=0)
+def lstm_kernel(params, slab, carry0, reverse=False, parts=0):
+    """`lstm_fast` by the fused CPU kernel."""
+    h0, c0 = carry0
+    hs, h_t, c_t = lstm_recurrence_kernel(params["weight_hh"], slab, h0, c0, reverse, parts)
+    return hs, (h_t, c_t)
 
 
-def run_slab(mode, params, slab, carry0, reverse=False, *, unroll=UNROLL):
-    """Runs one direction's recurrence on a slab from `project` or `embedding_slab`.
-
-    Returns:
-      (ys <float>[T, B, H], carry_T), carry as in `jaxrnn.engine.run_direction`.
-    """
+def gru_fast(params, slab, carry0, reverse=False, unroll=UNROLL):
+    """One unmasked GRU direction on its slab (see `gru_slab_bias`): (ys, h_T)."""
     weight_hh = params["weight_hh"]
-    if mode == "lstm":
-        h0, c0 = carry0
-        if kernels.enabled(slab.dtype):
-            hs, h_t, c_t = lstm_recurrence_kernel(weight_hh, slab, h0, c0, reverse)
-        else:
-            hs, h_t, c_t = lstm_recurrence(weight_hh, slab, h0, c0, reverse, unroll)
-        return hs, (h_t, c_t)
-    if mode == "gru":
-        bias_hn = None
-        if "bias_hh" in params:
-            bias_hn = params["bias_hh"][2 * weight_hh.shape[-1]:]
-        return gru_recurrence(weight_hh, bias_hn, slab, carry0, reverse, unroll)
-    recurrence = {"rnn_tanh": rnn_tanh_recurrence, "rnn_relu": rnn_relu_recurrence}[mode]
-    return recurrence(weight_hh, slab, carry0, reverse, unroll)
+    bias_hn = params["bias_hh"][2 * weight_hh.shape[-1]:] if "bias_hh" in params else None
+    return gru_recurrence(weight_hh, bias_hn, slab, carry0, reverse, unroll)
 
 
-def _layer(mode):
-    def layer(params, xs, carry0, reverse=False, *, unroll=UNROLL):
-        return run_slab(mode, params, project(mode, params, xs), carry0, reverse, unroll=unroll)
-
-    layer.__name__ = f"{mode}_layer"
-    layer.__doc__ = f"""One unmasked {mode} direction: `run_direction` with a custom VJP.
-
-    Args:
-      params: dict with weight_ih <float>[G*H, I], weight_hh <float>[G*H, H] and optionally
-        bias_ih, bias_hh <float>[G*H] (PyTorch layout).
-      xs: <float>[T, B, I].
-      carry0: h0 <float>[B, H] ((h0, c0) for LSTM).
-      reverse: run from t = T-1 down to 0 (outputs stay in time order).
-      unroll: `lax.scan` unroll of both loops.
-
-    Returns:
-      (ys <float>[T, B, H], carry_T).
-    """
-    return layer
+def rnn_tanh_fast(params, slab, carry0, reverse=False, unroll=UNROLL):
+    """One unmasked tanh RNN direction on its slab: (ys, h_T)."""
+    return rnn_tanh_recurrence(params["weight_hh"], slab, carry0, reverse, unroll)
 
 
-lstm_layer = _layer("lstm")
-gru_layer = _layer("gru")
-rnn_tanh_layer = _layer("rnn_tanh")
-rnn_relu_layer = _layer("rnn_relu")
-
-LAYERS = {"lstm": lstm_layer, "gru": gru_layer, "rnn_tanh": rnn_tanh_layer,
-          "rnn_relu": rnn_relu_layer}
+def rnn_relu_fast(params, slab, carry0, reverse=False, unroll=UNROLL):
+    """One unmasked ReLU RNN direction on its slab: (ys, h_T)."""
+    return rnn_relu_recurrence(params["weight_hh"], slab, carry0, reverse, unroll)
 
 
-# Layer 0 gathers its slab only for a mid-sized one: below GATHER_MIN_TOKENS tokens (T*B) or
-# above GATHER_MAX_SLAB elements (T*B*G*H) it builds its inputs and projects them with one
-# GEMM. W1 (25 tokens): the GEMM 10% faster than the gather and its scatter-add gradient;
-# W2 (1.3M elements): the gather 9-20% faster; W3 (13M) and W4 (16M): the gather, a
-# single-threaded copy of the whole slab (21 ms at W4), within noise to 6% slower, and
-# ~27 MiB more peak memory at W3.
-GATHER_MIN_TOKENS = 256
-GATHER_MAX_SLAB = 4 * 2**20
-
-
-def tokens_layer(mode, params, ids, table, carry0, reverse=False, *, unroll=UNROLL):
-    """One unmasked direction fed token ids (`Recurrent.apply_tokens`'s layer 0): the slab
-    is gathered from the projected table (`embedding_slab`), then `run_slab`; outside the
-    GATHER_MIN_TOKENS / GATHER_MAX_SLAB range table[ids] (or one-hot rows) is projected."""
-    slab_size = ids.size * params["weight_ih"].shape[0]
-    if GATHER_MIN_TOKENS <= ids.size and slab_size <= GATHER_MAX_SLAB:
-        slab = embedding_slab(mode, params, ids, table)
-    else:
-        weight_ih = params["weight_ih"]
-        inputs = token_inputs(ids, table, weight_ih.shape[1], weight_ih.dtype)
-        bias = slab_bias(mode, params)
-        if table is None and bias is not None:
-            # One-hot rows sum to one, so the bias folds into W_ih^T: each slab entry is
-            # W_ih[j, id] + b[j] rounded once, as in `project`, and no [T, B, G*H] add runs
-            # (a single-threaded 12 ms of a 330 ms W4 step).
-            slab = _matmul_all(inputs, weight_ih.T + _row(bias, 2))
-        else:
-            slab = project(mode, params, inputs)
-    return run_slab(mode, params, slab, carry0, reverse, unroll=unroll)
-
-
-def register_all(unroll: int = UNROLL) -> None:
-    """(Re-)registers every fast layer with the engine, with the given scan unroll."""
-    for name, layer in LAYERS.items():
-        register_fast_layer(name, functools.partial(layer, unroll=unroll),
-                            functools.partial(tokens_layer, name, unroll=unroll))
-
-
-register_all()
+LSTM_CPU_KERNEL = kernels.Kernel("lstm_cpu", lstm_kernel, load=kernels.load_library)

@@ -1,12 +1,18 @@
 """The character language model: embedding -> recurrent layers -> linear head.
 
-Every model that `jaxrnn.train` trains has the same four pure functions:
+Every model that `jaxrnn.train` trains (`jaxrnn.models.build_model` names them) has the same
+pure functions:
   init(key) -> params
   zero_state(batch_size) -> state                   the recurrent state, a pytree of [.., B, H]
   apply(params, state, tokens, key=None) -> (logits, state)
       tokens <int32>[B, T] -> logits <float>[B, T, V]; key turns on dropout (training)
   step(params, state, tokens) -> (state, logits)   tokens <int32>[B] -> logits <float>[B, V]
-`CharLM` is the main one; `jaxrnn.tutorial` adapts the tutorial's models to the same shape.
+  nll(logits, targets) -> <float>[...]              per-token negative log-likelihood
+`CharLM` is the main one; `jaxrnn.tutorial.TutorialLM` is the tutorial's models in this shape.
+
+Token ids are this module's business, not the engine's: layer 0 of `CharLM` hands the engine
+its input slab (`Recurrent.apply(projected0=...)`), gathered from rows of the projected
+embedding table where that measured faster than embedding then projecting (`input_slabs`).
 """
 
 from __future__ import annotations
@@ -19,8 +25,63 @@ import jax.numpy as jnp
 from jaxrnn.cells import matmul_transposed
 from jaxrnn.config import Config
 from jaxrnn.engine import Recurrent, dropout
+from jaxrnn.losses import cross_entropy
+from jaxrnn.names import canonical_cell
 
-ENGINE_MODE = {"lstm": "lstm", "gru": "gru", "rnn": "rnn_tanh", "rnn_relu": "rnn_relu"}
+# Layer 0 gathers its slab only for a mid-sized one: below GATHER_MIN_TOKENS tokens (T*B) or
+# above GATHER_MAX_SLAB elements (T*B*G*H) it builds its inputs and projects them with one
+# GEMM. Measured on 2 CPU cores (BENCHMARKS.md): with 25 tokens (W1) the GEMM was 10% faster
+# than the gather and its scatter-add gradient; at a 1.3M-element slab (W2) the gather was
+# 9-20% faster; at 13M-16M (W3, W4) the gather, a single-threaded copy of the whole slab
+# (21 ms at W4), was within noise to 6% slower, with ~27 MiB more peak memory at W3.
+GATHER_MIN_TOKENS = 256
+GATHER_MAX_SLAB = 4 * 2**20
+
+
+def _row(vector, ndim):
+    """Reshapes a [N] vector to broadcast over ndim-1 leading dims (rank promotion is off)."""
+    return vector.reshape((1,) * (ndim - 1) + vector.shape)
+
+
+def embedding_slab(cell, params, ids, table=None):
+    """Layer 0's slab for token ids: equal to `x @ W_ih^T + cell.slab_bias(params)` with
+    x = table[ids] (one-hot rows when table is None).
+
+    Args:
+      cell: a `jaxrnn.Cell` that takes a slab (every built-in cell).
+      params: the layer's parameter dict (weight_ih <float>[G*H, D]).
+      ids: <int>[T, B] token ids in [0, V).
+      table: <float>[V, D] embedding table, or None for one-hot inputs (D = V).
+
+    Returns:
+      <float>[T, B, G*H]: rows of the projected table (table @ W_ih^T + bias, [V, G*H], one
+      small GEMM) gathered by id, so no [T*B, D] x [D, G*H] GEMM runs. The gather's VJP is
+      `jnp.take`'s scatter-add: a custom VJP doing one_hot(ids)^T @ d_slab instead was 2.4x
+      slower for that op at W2 (1.2 vs 2.7 ms) and 15% faster at W3 / W4 sizes (32 vs 37 ms,
+      38 vs 46 ms), under 3% of a step either way.
+    """
+    projected = params["weight_ih"].T if table is None else table @ params["weight_ih"].T
+    bias = cell.slab_bias(params)
+    if bias is not None:
+        projected = projected + _row(bias, 2)
+    return jnp.take(projected, ids, axis=0)
+
+
+def one_hot_slab(cell, params, ids):
+    """Layer 0's slab for one-hot inputs by one GEMM: one_hot(ids) @ (W_ih^T + bias).
+
+    One-hot rows sum to one, so the bias folds into W_ih^T: each slab entry is W_ih[j, id] +
+    b[j] rounded once, and no [T, B, G*H] add runs (a single-threaded 12 ms of a 330 ms W4
+    step). ids <int>[T, B] -> <float>[T, B, G*H].
+    """
+    weight_ih = params["weight_ih"]
+    rows = weight_ih.T
+    bias = cell.slab_bias(params)
+    if bias is not None:
+        rows = rows + _row(bias, 2)
+    steps, batch = ids.shape
+    inputs = jax.nn.one_hot(ids.reshape(-1), weight_ih.shape[1], dtype=weight_ih.dtype)
+    return (inputs @ rows).reshape(steps, batch, rows.shape[-1])
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,8 +112,8 @@ class CharLM:
     @property
     def rnn(self) -> Recurrent:
         input_size = self.embedding_size or self.vocab_size
-        return Recurrent(ENGINE_MODE[self.cell], input_size, self.hidden_size, self.num_layers,
-                         dropout=self.dropout, impl=self.impl)
+        return Recurrent(canonical_cell(self.cell), input_size, self.hidden_size,
+                         self.num_layers, dropout=self.dropout, impl=self.impl)
 
     def init(self, key):
         dtype = jnp.dtype(self.dtype)
@@ -80,6 +141,24 @@ class CharLM:
             return params["embedding"][tokens]
         return jax.nn.one_hot(tokens, self.vocab_size, dtype=jnp.dtype(self.dtype))
 
+    def input_slabs(self, params, ids):
+        """Layer 0's input for ids <int>[T, B]: (x, None), or (None, slabs) with one slab
+        <float>[T, B, G*H] per direction (see `Recurrent.apply(projected0=...)`).
+
+        Mid-sized slabs are gathered from the projected table (`embedding_slab`); outside
+        the GATHER_MIN_TOKENS / GATHER_MAX_SLAB range, one-hot inputs are one GEMM
+        (`one_hot_slab`) and an embedding is looked up and left to the engine to project.
+        """
+        rnn = self.rnn
+        layer0 = params["rnn"][0]
+        table = params.get("embedding")
+        slab_size = ids.size * rnn.cell.num_gates * rnn.hidden_size
+        if GATHER_MIN_TOKENS <= ids.size and slab_size <= GATHER_MAX_SLAB:
+            return None, [embedding_slab(rnn.cell, p, ids, table) for p in layer0]
+        if table is None:
+            return None, [one_hot_slab(rnn.cell, p, ids) for p in layer0]
+        return jnp.take(table, ids, axis=0), None
+
     def _head(self, params, hidden):
         head = params["head"]
         logits = matmul_transposed(hidden, head["weight"])
@@ -90,11 +169,9 @@ class CharLM:
         rnn_key = head_key = None
         if key is not None and self.dropout > 0:
             rnn_key, head_key = jax.random.split(key)
-        # Layer 0 reads the ids: with the fast layers it gathers rows of the projected
-        # embedding (or of W_ih^T, one-hot) instead of a [T*B, E] x [E, G*H] GEMM.
-        hidden, state = self.rnn.apply_tokens(params["rnn"], tokens.T, params.get("embedding"),
-                                              state, key=rnn_key,
-                                              dtype=jnp.dtype(self.dtype))  # [T, B, H]
+        x, slabs = self.input_slabs(params, tokens.T)
+        hidden, state = self.rnn.apply(params["rnn"], x, state, key=rnn_key,
+                                       projected0=slabs)  # [T, B, H]
         if head_key is not None:
             hidden = dropout(head_key, hidden, self.dropout)
         return jnp.swapaxes(self._head(params, hidden), 0, 1), state  # [B, T, V]
@@ -104,6 +181,10 @@ class CharLM:
         state, hidden = self.rnn.step(params["rnn"], state, self._embed(params, tokens))
         return state, self._head(params, hidden)
 
+    def nll(self, logits, targets):
+        """<float>[..., V], <int>[...] -> <float>[...]: -log softmax(logits)[target]."""
+        return cross_entropy(logits, targets)
+
 
 def _char_rnn_init(params, key, cell, hidden_size):
     """char-rnn's initialisation: every parameter U(±0.08), LSTM forget-gate input bias 1."""
@@ -111,30 +192,9 @@ def _char_rnn_init(params, key, cell, hidden_size):
     keys = jax.random.split(jax.random.fold_in(key, 1), len(leaves))
     leaves = [jax.random.uniform(k, a.shape, a.dtype, -0.08, 0.08) for k, a in zip(keys, leaves)]
     params = jax.tree.unflatten(treedef, leaves)
-    if cell == "lstm":
+    if canonical_cell(cell) == "lstm":
         for layer in params["rnn"]:
             for p in layer:
                 if "bias_ih" in p:
                     p["bias_ih"] = p["bias_ih"].at[hidden_size:2 * hidden_size].set(1.0)
     return params
-
-
-def build_model(config: Config, vocab_size: int, impl: str = "auto"):
-    """The model a config names: `CharLM`, or one of the tutorial's ports."""
-    if config.model == "charlm":
-        return CharLM.from_config(config, vocab_size, impl)
-    from jaxrnn import tutorial  # the tutorial's models, adapted to the same interface
-
-    return tutorial.TutorialLM(config.model.removeprefix("tutorial-"), vocab_size,
-                               config.hidden_size, config.faithful_log_softmax,
-                               jnp.dtype(config.dtype).name)
-
-
-def cross_entropy(logits, targets, faithful_log_softmax: bool = False):
-    """<float>[..., V], <int>[...] -> <float>[...] negative log-likelihood of the targets."""
-    if faithful_log_softmax:
-        # The tutorial's log(softmax(o) + 1e-6): not exact, kept for reproducing it.
-        log_probs = jnp.log(jax.nn.softmax(logits, axis=-1) + 1e-6)
-    else:
-        log_probs = jax.nn.log_softmax(logits, axis=-1)
-    return -jnp.take_along_axis(log_probs, targets[..., None], axis=-1)[..., 0]

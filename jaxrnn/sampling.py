@@ -85,13 +85,16 @@ def sample_text(model, params, vocab, prime: str, length: int, *, num: int = 1,
                 seed: int = 0) -> str | list[str]:
     """Text in, text out. Returns one string (num == 1) or a list of `num` strings."""
     if not prime:
-        raise UserError("--prime must hold at least one character")
+        raise UserError("prime must hold at least one character", fields=("prime",))
     if length < 1 or num < 1:
-        raise UserError(f"--length and --num must be at least 1; got {length} and {num}")
+        raise UserError(f"length and num must be at least 1; got {length} and {num}",
+                        fields=("length", "num"))
     if temperature <= 0:
-        raise UserError(f"--temperature must be positive; got {temperature}")
+        raise UserError(f"temperature must be positive; got {temperature}",
+                        fields=("temperature",))
     if not 0 <= top_k <= len(vocab):
-        raise UserError(f"--top-k must be in 0..{len(vocab)} (the vocabulary size); got {top_k}")
+        raise UserError(f"top_k must be in 0..{len(vocab)} (the vocabulary size); got {top_k}",
+                        fields=("top_k",))
     ids = vocab.encode(prime, what="the prime text")
     batch = jnp.asarray(np.tile(ids[None, :], (num, 1)))
     tokens = generate(model, params, batch, jax.random.key(seed), jnp.float32(temperature),

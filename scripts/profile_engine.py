@@ -1,12 +1,13 @@
 """Times `Recurrent.apply` (forward, and forward + backward) next to torch.nn.LSTM / GRU.
 
-For each workload shape (BENCH.md) it builds the same network in jaxrnn, with
-impl="reference" (the plain scan, differentiated by JAX), impl="fast" with pure-JAX layers
-(the custom-VJP layers of `jaxrnn.fast`, at a few scan unroll values) and, for LSTMs, with
-the fused CPU kernel (`jaxrnn.kernels`, "jax kernel"), and in PyTorch (torch.set_num_threads),
-and times them *interleaved in one process*: every repetition runs each peer once, in a
-rotating order with a short pause after each call (torch's OpenMP workers spin for a while
-after a call, which would otherwise be charged to whoever runs next). The machines are shared
+For each workload shape (docs/WORKLOADS.md) it builds the same network in jaxrnn, with
+impl="reference" (the plain scan, differentiated by JAX), impl="fast" (the pure-JAX custom-VJP
+layers of `jaxrnn.fast`, `Recurrent(unroll=u)` for a few scan unroll values) and, for LSTMs
+where it can run, impl="kernel" (the fused CPU kernel of `jaxrnn.kernels`, "jax kernel"),
+and in PyTorch (torch.set_num_threads), and times them *interleaved in one process*: every
+repetition runs each peer once, in a rotating order with a short pause after each call
+(torch's OpenMP workers spin for a while after a call, which would otherwise be charged to
+whoever runs next). The machines are shared
 and noisy, so read the medians and the ratios, not a lone time.
 
   forward    jit(rnn.apply)(params, x)            torch: module(x) under no_grad
@@ -35,7 +36,7 @@ import jax.numpy as jnp
 import numpy as np
 import torch
 
-from jaxrnn import Recurrent, fast, kernels
+from jaxrnn import Recurrent, get_cell
 
 
 @dataclasses.dataclass(frozen=True)
@@ -58,11 +59,12 @@ WORKLOADS = {
 VOCAB_SIZE = 65  # tiny-shakespeare characters: the input width of layer 0
 
 
-def _jax_peer(work: Workload, impl: str, unroll: int, input_size: int, kernel: bool = False):
-    """Returns (forward, forward_backward) callables with their inputs bound, compiled; with
-    `kernel`, the LSTM layers run the fused CPU kernel (jaxrnn.kernels), else pure JAX."""
+def _jax_peer(work: Workload, impl: str, unroll: int, input_size: int):
+    """Returns (forward, forward_backward) callables with their inputs bound, compiled, for
+    `Recurrent(impl=impl, unroll=unroll)` ("reference", "fast" or "kernel")."""
     rnn = Recurrent(work.mode, input_size, work.hidden_size, work.num_layers, impl=impl,
                     unroll=unroll)
+    assert rnn.plan.unmasked == impl, rnn.plan  # a named impl runs itself or raises
     params = rnn.init(jax.random.key(0))
     rng = np.random.default_rng(0)
     x = jnp.asarray(rng.standard_normal((work.steps, work.batch_size, input_size)), jnp.float32)
@@ -75,17 +77,12 @@ def _jax_peer(work: Workload, impl: str, unroll: int, input_size: int, kernel: b
 
     forward = jax.jit(rnn.apply)
     forward_backward = jax.jit(jax.grad(loss))
-    if impl == "fast":
-        fast.register_all(unroll)  # the registry is read while tracing, i.e. on first call
-    kernels.set_enabled(kernel)  # also read while tracing
     compile_s = {}
     for name, fn, args in (("forward", forward, (params, x)),
                            ("fwd+bwd", forward_backward, (params,))):
         start = time.perf_counter()
         jax.block_until_ready(fn(*args))
         compile_s[name] = time.perf_counter() - start
-    fast.register_all()
-    kernels.set_enabled(None)
     return ({"forward": lambda: jax.block_until_ready(forward(params, x)),
              "fwd+bwd": lambda: jax.block_until_ready(forward_backward(params))}, compile_s)
 
@@ -121,15 +118,18 @@ def profile(name: str, work: Workload, unrolls, reps: int, input_size: int, paus
     print(f"\n== {name}: {work.mode} {work.num_layers}x{work.hidden_size}, B={work.batch_size}, "
           f"T={work.steps}, input {input_size}, {reps} reps, load {os.getloadavg()[0]:.1f}",
           flush=True)
-    # "torch" (threads = cores) is the peer of BENCH.md; "torch 1t" is there because a busy
-    # machine wrecks multi-threaded torch (its OpenMP barriers wait on descheduled threads).
+    # "torch" (threads = cores) is the peer of docs/WORKLOADS.md; "torch 1t" is there because a
+    # busy machine wrecks multi-threaded torch (its OpenMP barriers wait on descheduled threads).
     peers = {"torch": _torch_peer(work, input_size, threads),
              "torch 1t": _torch_peer(work, input_size, 1)}
     peers["jax reference u1"] = _jax_peer(work, "reference", 1, input_size)
     for unroll in unrolls:
         peers[f"jax fast u{unroll}"] = _jax_peer(work, "fast", unroll, input_size)
-    if work.mode == "lstm" and kernels.enabled(np.float32):
-        peers["jax kernel"] = _jax_peer(work, "fast", 1, input_size, kernel=True)
+    kernel = get_cell(work.mode).kernel
+    if kernel is not None and kernel.unavailable_reason(np.float32) is None:
+        peers["jax kernel"] = _jax_peer(work, "kernel", 1, input_size)
+    elif kernel is not None:
+        print(f"   (no jax kernel peer: {kernel.unavailable_reason(np.float32)})")
     for peer, (_, compile_s) in peers.items():
         print(f"   compile/warm-up {peer:18s} "
               + ", ".join(f"{k} {v:.1f} s" for k, v in compile_s.items()))

@@ -1,4 +1,4 @@
-"""End-to-end parity of jaxrnn's CharLM training with PyTorch (torch_baselines.charlm).
+"""End-to-end parity of jaxrnn's CharLM training with PyTorch (torch_baselines.parity).
 
 Same weights in both frameworks (converted), same batches (jaxrnn's own get_batch), dropout 0;
 the JAX side runs jaxrnn's real training step (Trainer.jit_train_chunk). Short runs here; the
@@ -22,7 +22,8 @@ import torch
 from jaxrnn.config import Config
 from jaxrnn.model import CharLM
 from jaxrnn.train import lr_schedule
-from torch_baselines import charlm
+from torch_baselines import convert, parity, training
+from torch_baselines.model import TorchCharLM
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STEPS = 20
@@ -44,13 +45,13 @@ def test_conversion_round_trip_is_exact(x64, cell, embedding_size):
     model = CharLM(vocab_size=7, cell=cell, hidden_size=6, num_layers=2 if cell == "lstm" else 1,
                    embedding_size=embedding_size, dtype="float64")
     params = model.init(jax.random.key(1))
-    module = charlm.charlm_to_torch(params, model)
-    model_back, params_back = charlm.charlm_from_torch(module)
+    module = convert.charlm_to_torch(params, model)
+    model_back, params_back = convert.charlm_from_torch(module)
     assert model_back == model
     jax.tree.map(lambda a, b: np.testing.assert_array_equal(np.asarray(a), np.asarray(b)),
                  params, params_back)
 
-    module_again = charlm.charlm_to_torch(params_back, model_back)
+    module_again = convert.charlm_to_torch(params_back, model_back)
     for (name, a), (_, b) in zip(module.state_dict().items(), module_again.state_dict().items()):
         assert torch.equal(a, b), name
 
@@ -63,8 +64,8 @@ def test_conversion_round_trip_is_exact(x64, cell, embedding_size):
 def test_params_from_torch_do_not_share_memory_with_the_module(x64):
     # jnp.asarray may wrap an aligned numpy view of a tensor without copying; the conversions
     # must copy, or optimizer.step() on the module would change the jax params too.
-    module = charlm.TorchCharLM(7, "lstm", 6, 1, embedding_size=4).double()
-    _, params = charlm.charlm_from_torch(module)
+    module = TorchCharLM(7, "lstm", 6, 1, embedding_size=4).double()
+    _, params = convert.charlm_from_torch(module)
     before = jax.tree.map(np.array, params)
     with torch.no_grad():
         for parameter in module.parameters():
@@ -76,13 +77,13 @@ def test_conversion_checks_keys_and_shapes():
     model = CharLM(vocab_size=7, cell="lstm", hidden_size=6, num_layers=1, embedding_size=4)
     params = model.init(jax.random.key(0))
     with pytest.raises(ValueError, match="head"):
-        charlm.charlm_to_torch({**params, "head": {"weight": params["head"]["weight"]}}, model)
+        convert.charlm_to_torch({**params, "head": {"weight": params["head"]["weight"]}}, model)
     with pytest.raises(ValueError, match="embedding.weight"):
-        charlm.charlm_to_torch({**params, "embedding": params["embedding"][:, :3]}, model)
-    module = charlm.TorchCharLM(7, "lstm", 6, 1, embedding_size=4)
+        convert.charlm_to_torch({**params, "embedding": params["embedding"][:, :3]}, model)
+    module = TorchCharLM(7, "lstm", 6, 1, embedding_size=4)
     module.head = torch.nn.Linear(6, 8)
     with pytest.raises(ValueError, match="head.weight"):
-        charlm.charlm_from_torch(module)
+        convert.charlm_from_torch(module)
 
 
 # ---------------------------------------------------------------------------- optimisation
@@ -96,7 +97,7 @@ def test_norm_clip_is_optax_exactly_and_torch_clip_grad_norm_is_not(x64):
         grads = [a * scale for a in arrays]
         want, _ = optax_clip.update([jnp.asarray(g) for g in grads], optax_clip.init(None))
         ours = [torch.tensor(g) for g in grads]
-        assert charlm.clip_gradients_(ours, "norm", 1.0) == (scale == 10.0)
+        assert training.clip_gradients_(ours, "norm", 1.0) == (scale == 10.0)
         for a, b in zip(want, ours):
             np.testing.assert_allclose(np.asarray(a), b.numpy(), rtol=0, atol=1e-15)
     # torch's own clip multiplies by 1 / (norm + 1e-6): too far off for 1e-9 float64 parity.
@@ -114,7 +115,7 @@ def test_learning_rate_is_jaxrnns_schedule(x64, schedule):
     jax_schedule = lr_schedule(config, windows_per_epoch=4)
     for step in range(60):
         want = float(jax_schedule(jnp.int32(step)))
-        assert charlm.learning_rate(config, step, 4) == pytest.approx(want, rel=1e-14, abs=0)
+        assert training.learning_rate(config, step, 4) == pytest.approx(want, rel=1e-14, abs=0)
 
 
 # ---------------------------------------------------------------------------- training parity
@@ -137,9 +138,9 @@ def _check(result, clip):
      "torch"),
 ])
 def test_training_parity_float64(x64, cell, optimizer, clip, overrides, init_in):
-    config = charlm.parity_config(cell=cell, optimizer=optimizer, clip=clip, dtype="float64",
+    config = parity.parity_config(cell=cell, optimizer=optimizer, clip=clip, dtype="float64",
                                   steps=STEPS, **overrides)
-    result = charlm.run_parity(config, charlm.PARITY_TEXT, init_in=init_in,
+    result = parity.run_parity(config, parity.PARITY_TEXT, init_in=init_in,
                                argmax_sample=40 if cell == "lstm" else 0)
     _check(result, clip)
     assert result.summary["max_abs_loss_diff"] <= 1e-9
@@ -149,9 +150,9 @@ def test_training_parity_float64(x64, cell, optimizer, clip, overrides, init_in)
 
 
 def test_training_parity_float32():
-    config = charlm.parity_config(cell="gru", optimizer="adam", clip="norm", dtype="float32",
+    config = parity.parity_config(cell="gru", optimizer="adam", clip="norm", dtype="float32",
                                   steps=STEPS, num_layers=1)
-    result = charlm.run_parity(config, charlm.PARITY_TEXT)
+    result = parity.run_parity(config, parity.PARITY_TEXT)
     _check(result, "norm")
     assert result.summary["max_abs_loss_diff"] <= 1e-4
 
@@ -162,14 +163,14 @@ def test_train_torch_logs_what_jaxrnn_logs(x64, tmp_path):
     from jaxrnn.train import train_and_evaluate
 
     data = tmp_path / "text.txt"
-    data.write_text(charlm.PARITY_TEXT)
+    data.write_text(parity.PARITY_TEXT)
     config = Config(hidden_size=32, embedding_size=8, dropout=0.0, seq_len=16, batch_size=4,
                     steps=40, warmup_steps=5, steps_per_call=5, log_every=10, eval_every=20,
                     eval_batch_size=8, val_frac=0.1, dtype="float64")
     train_and_evaluate(config, str(data), str(tmp_path / "jax"), progress=False,
                        log=lambda *a: None)
-    charlm.train_torch(config, str(data), str(tmp_path / "torch"), final_sample=0,
-                       progress=False, log=lambda *a: None)
+    training.train_torch(config, str(data), str(tmp_path / "torch"), final_sample=0,
+                         progress=False, log=lambda *a: None)
     runs = [[json.loads(line) for line in (tmp_path / name / "metrics.jsonl").open()]
             for name in ("jax", "torch")]
     assert [sorted(m) for m in runs[0]] == [sorted(m) for m in runs[1]]
@@ -200,7 +201,7 @@ def test_parity_script_prints_json_and_exits_0():
 
 def test_train_torch_script_writes_metrics(tmp_path):
     data = tmp_path / "text.txt"
-    data.write_text(charlm.PARITY_TEXT)
+    data.write_text(parity.PARITY_TEXT)
     workdir = tmp_path / "run"
     proc = _run("scripts/train_torch.py", "--data", str(data), "--workdir", str(workdir),
                 "--hidden-size", "16", "--embedding-size", "8", "--seq-len", "16",

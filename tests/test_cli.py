@@ -75,3 +75,82 @@ def test_compile_cache_is_used_and_changes_nothing(tmp_path, small_text):
         *flags)
     assert set(os.listdir(cache)) == entries  # every program came from the cache
     assert _metrics(tmp_path / "a") == _metrics(tmp_path / "b") == _metrics(tmp_path / "c")
+
+
+# ---------------------------------------------------------------------------- fields and flags
+
+
+def test_library_errors_name_fields_and_the_cli_shows_flags(capsys):
+    import argparse
+
+    import pytest
+
+    from jaxrnn import cli
+    from jaxrnn.config import preset
+    from jaxrnn.data import Vocab
+    from jaxrnn.errors import UserError
+    from jaxrnn.sampling import sample_text
+
+    cases = [(lambda: preset("default", hidden_size=0), ("hidden_size",),
+              "hidden_size must be at least 1; got 0", "--hidden-size must be at least 1; got 0"),
+             (lambda: preset("default", steps=0), ("steps", "minutes"),
+              "steps and minutes are both 0: give steps=N or minutes=M (or both)",
+              "--steps and --minutes are both 0: give --steps N or --minutes M (or both)"),
+             (lambda: sample_text(None, None, Vocab.from_text("ab"), "a", 5, top_k=3), ("top_k",),
+              "top_k must be in 0..2", "--top-k must be in 0..2"),
+             (lambda: sample_text(None, None, Vocab.from_text("ab"), "a", 0), ("length", "num"),
+              "length and num must be at least 1", "--length and --num must be at least 1")]
+    for call, fields, library, command_line in cases:
+        with pytest.raises(UserError) as info:
+            call()
+        assert info.value.fields == fields and str(info.value).startswith(library)
+        assert "--" not in str(info.value)
+
+        def main():
+            call()
+
+        with pytest.raises(SystemExit) as exit_info:
+            cli.cli_main(main)()
+        assert exit_info.value.code == 2
+        assert capsys.readouterr().err.startswith(f"error: {command_line}")
+
+    # a field's name inside a path, a file name or a longer word stays as it is
+    assert cli.flag_message("/x/encoding/prime.txt: encoding; errors='replace', num_layers",
+                            ("encoding", "errors", "prime", "num")) == \
+        "/x/encoding/prime.txt: --encoding; --errors replace, num_layers"
+    assert cli.flag_message("use overwrite=True", ("overwrite",)) == "use --overwrite"
+    assert cli.flag("data_path") == "--data" and cli.flag("from_path") == "--from"
+    assert cli.flag("tutorial.faithful_log_softmax") == "--faithful-log-softmax"
+
+    parser = argparse.ArgumentParser()
+    cli.add_config_flags(parser)
+    config = cli.config_from_args(parser.parse_args(
+        ["--preset", "tutorial-rnn", "--cell", "rnn", "--faithful-log-softmax", "true"]))
+    assert config.cell == "rnn_tanh" and config.tutorial.faithful_log_softmax  # "rnn": an alias
+    assert cli.config_from_args(parser.parse_args([])) == preset("default")
+
+
+def test_default_impl_follows_the_environment(monkeypatch):
+    from jaxrnn.cli import default_impl
+
+    for value, impl in (("off", "fast"), ("0", "fast"), ("FALSE", "fast"), ("no", "fast"),
+                        ("auto", "auto"), ("on", "auto")):
+        monkeypatch.setenv("JAXRNN_CPU_KERNELS", value)
+        assert default_impl() == impl
+    monkeypatch.delenv("JAXRNN_CPU_KERNELS")
+    assert default_impl() == "auto"
+
+
+def test_console_scripts_are_installed_and_scripts_are_thin():
+    import importlib.metadata
+    import pathlib
+
+    scripts = {ep.name: ep for ep in importlib.metadata.entry_points(group="console_scripts")
+               if ep.name.startswith("jaxrnn-")}
+    assert set(scripts) == {"jaxrnn-train", "jaxrnn-sample", "jaxrnn-evaluate",
+                            "jaxrnn-prepare-data", "jaxrnn-bench", "jaxrnn-parity",
+                            "jaxrnn-train-torch"}, "pip install -e . registers them"
+    for ep in scripts.values():
+        assert callable(ep.load()), ep
+    for path in pathlib.Path(ROOT, "scripts").glob("*.py"):
+        assert "sys.path" not in path.read_text(), path

@@ -40,9 +40,10 @@ def test_encode_lists_unknown_characters():
 
 def test_split_by_position():
     tokens = np.arange(100)
-    train, val, test = data_lib.split_by_position(tokens, 0.1)
+    train, val = data_lib.split_by_position(tokens, 0.1)
     assert list(train) == list(range(90)) and list(val) == list(range(90, 100))
-    assert len(test) == 0
+    train, val = data_lib.split_by_position(tokens, 0.0)
+    assert len(train) == 100 and len(val) == 0
 
 
 def test_stream_batch_targets_are_inputs_shifted_and_streams_continue():
@@ -101,7 +102,7 @@ def test_prepare_from_local_copy_verifies_hash(tmp_path, monkeypatch):
 def test_prepare_without_network_or_copy_says_what_to_do(tmp_path):
     env = {k: v for k, v in os.environ.items() if k != data_lib.TINYSHAKESPEARE_ENV}
     # An unroutable URL stands in for "no network".
-    code = ("import sys; from jaxrnn import data; from jaxrnn.errors import cli_main\n"
+    code = ("import sys; from jaxrnn import data; from jaxrnn.cli import cli_main\n"
             "cli_main(lambda: data.prepare_tinyshakespeare(sys.argv[1], "
             "url='http://127.0.0.1:9/input.txt', quiet=True))()")
     proc = subprocess.run([sys.executable, "-c", code, str(tmp_path)], env=env,

@@ -1,11 +1,19 @@
-"""`jaxrnn.Recurrent` on bad input, its tracing behaviour, and the packing helpers.
+"""`jaxrnn.Recurrent` on bad input, its dispatch, its tracing behaviour, and the packing helpers.
 
-Bad input is a ValueError whose message names the problem. The jitted apply traces once per
-shape. `pad_sequences`, `sequence_mask` and `last_valid` are checked on examples and, with
-hypothesis, on random shapes and lengths against torch's pad_sequence and direct indexing.
+Bad input is a ValueError whose message names the problem. `impl` resolves to a `LayerPlan`
+when the network is built, and a cell plugs its own fast recurrence in through `Cell.fast`
+(checked against torch.nn.GRU). The jitted apply traces once per shape. `pad_sequences`,
+`sequence_mask` and `last_valid` are checked on examples and, with hypothesis, on random
+shapes and lengths against torch's pad_sequence and direct indexing.
 """
 
 from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import shutil
+import sys
 
 import hypothesis.extra.numpy as hnp
 import jax
@@ -16,7 +24,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from jaxrnn import Recurrent, last_valid, pad_sequences, sequence_mask
+from jaxrnn import Cell, Recurrent, cells, fast, last_valid, pad_sequences, sequence_mask
+from jaxrnn.engine import LayerPlan
 
 PROPERTY_SETTINGS = settings(max_examples=30, deadline=None, derandomize=True)
 
@@ -38,7 +47,10 @@ def _params(rnn: Recurrent):
     (dict(hidden_size=2.5), r"hidden_size must be a positive integer, got 2.5"),
     (dict(dropout=1.0), r"dropout must be in \[0, 1\), got 1.0"),
     (dict(dropout=-0.1), r"dropout must be in \[0, 1\), got -0.1"),
-    (dict(impl="cuda"), r"impl must be 'auto', 'reference' or 'fast', got 'cuda'"),
+    (dict(impl="cuda"), r"impl must be one of 'auto', 'reference', 'fast', 'kernel', "
+                        r"got 'cuda'"),
+    (dict(unroll=0), r"unroll must be a positive integer, got 0"),
+    (dict(kernel_parts=-1), r"kernel_parts must be 0 or a positive integer, got -1"),
 ])
 def test_bad_configuration(kwargs, message):
     with pytest.raises(ValueError, match=message):
@@ -130,6 +142,199 @@ def test_step_needs_unidirectional():
     rnn = Recurrent("gru", 3, 4, bidirectional=True)
     with pytest.raises(ValueError, match="step\\(\\) needs a unidirectional network"):
         rnn.step(_params(rnn), rnn.zero_state(2), jnp.zeros((2, 3)))
+
+
+# ---------------------------------------------------------------------------- dispatch
+
+MODES = ("lstm", "gru", "rnn_tanh", "rnn_relu")
+# What the fused CPU LSTM kernel needs (jaxrnn.kernels): Linux, a C++ compiler, the CPU.
+KERNEL_POSSIBLE = (sys.platform == "linux" and jax.default_backend() == "cpu"
+                   and shutil.which(os.environ.get("CXX") or "c++") is not None)
+needs_kernel = pytest.mark.skipif(not KERNEL_POSSIBLE, reason="no C++ compiler / not the CPU")
+
+# A cell with only init / step / zero_carry: no project / recur, no fast, no kernel.
+STEP_ONLY = Cell("step_only", cells.RNN_TANH.init, cells.RNN_TANH.step,
+                 cells.RNN_TANH.zero_carry)
+
+
+def _plan(mode, impl, **kwargs):
+    return Recurrent(mode, input_size=3, hidden_size=4, impl=impl, **kwargs).plan
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_plan_of_each_impl(mode):
+    """impl resolves when the network is built: reference and fast run what they name; auto
+    takes the LSTM's kernel where it can run (here: CPU + compiler), else the fast layer;
+    asking for a kernel a cell does not have is an error."""
+    assert _plan(mode, "reference") == LayerPlan("reference", "reference", 1, 0)
+    fast_plan = _plan(mode, "fast", unroll=3)
+    assert (fast_plan.unmasked, fast_plan.requested, fast_plan.unroll) == ("fast", "fast", 3)
+    auto = _plan(mode, "auto")
+    assert auto.requested == "auto"
+    if mode == "lstm":
+        assert auto.unmasked == ("kernel" if KERNEL_POSSIBLE else "fast"), \
+            cells.LSTM.kernel.unavailable_reason()
+        assert auto.fallback == "fast"  # for dtypes the kernel does not compute in
+        if KERNEL_POSSIBLE:
+            kernel = _plan(mode, "kernel", kernel_parts=3)
+            assert (kernel.unmasked, kernel.kernel_parts) == ("kernel", 3)
+    else:
+        assert auto.unmasked == "fast"
+        with pytest.raises(ValueError, match=rf"impl='kernel': cell '{mode}' has no fused "
+                                             rf"kernel"):
+            _plan(mode, "kernel")
+    # an unroll other than 1 asks for a scan: auto runs the fast layer then, not the kernel
+    assert _plan(mode, "auto", unroll=2).unmasked == "fast"
+
+
+def test_plan_of_a_custom_cell():
+    assert _plan(STEP_ONLY, "auto").unmasked == "reference"
+    assert _plan(STEP_ONLY, "reference").unmasked == "reference"
+    with pytest.raises(ValueError, match=r"impl='fast': cell 'step_only' has no fast "
+                                         r"recurrence"):
+        _plan(STEP_ONLY, "fast")
+    with pytest.raises(ValueError, match=r"impl='kernel': cell 'step_only' has no fused kernel"):
+        _plan(STEP_ONLY, "kernel")
+
+
+def test_kernel_has_no_unroll():
+    with pytest.raises(ValueError, match=r"impl='kernel' has no scan to unroll; unroll=2 needs "
+                                         r"impl='fast' or 'reference'"):
+        _plan("lstm", "kernel", unroll=2)
+
+
+@pytest.mark.parametrize("mode, impl", [
+    ("gru", "fast"), ("rnn_tanh", "fast"), ("lstm", "fast"),
+    pytest.param("lstm", "kernel", marks=needs_kernel)])
+def test_named_impl_with_lengths_is_an_error(mode, impl):
+    rnn = Recurrent(mode, 3, 4, impl=impl)
+    params = _params(rnn)
+    x = jnp.ones((5, 2, 3))
+    rnn.apply(params, x)  # runs without lengths
+    with pytest.raises(ValueError, match=rf"impl='{impl}' runs layers without lengths only; "
+                                         rf"use impl='auto' or 'reference' with lengths"):
+        rnn.apply(params, x, lengths=jnp.array([5, 3]))
+
+
+@pytest.mark.parametrize("mode", ["lstm", "gru"])
+def test_auto_with_lengths_runs_the_reference(mode):
+    """With lengths, impl="auto" traces the masked reference scan: no custom-VJP layer, no
+    kernel call, and the very numbers of impl="reference" (whose parity with torch's packed
+    sequences tests/test_engine_parity.py checks)."""
+    auto, reference = (Recurrent(mode, 3, 4, 2, bidirectional=True, impl=impl)
+                       for impl in ("auto", "reference"))
+    rng = np.random.default_rng(0)
+    params = jax.tree.map(lambda s: jnp.asarray(rng.uniform(-0.5, 0.5, s.shape), s.dtype),
+                          jax.eval_shape(auto.init, jax.random.key(0)))
+    x = jnp.asarray(rng.standard_normal((5, 2, 3)), jnp.float32)
+    lengths = jnp.array([5, 2])
+    text = str(jax.make_jaxpr(lambda p, x: auto.apply(p, x, lengths=lengths))(params, x))
+    assert "custom_vjp_call" not in text and "ffi_call" not in text
+    got = jax.jit(lambda p, x: auto.apply(p, x, lengths=lengths))(params, x)
+    want = jax.jit(lambda p, x: reference.apply(p, x, lengths=lengths))(params, x)
+    for g, w in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+        np.testing.assert_array_equal(g, w)
+    assert np.all(np.asarray(got[0])[2:, 1] == 0)  # padding is zero: the masked scan ran
+
+
+def _scan_unrolls(jaxpr_text):
+    return [int(u) for u in re.findall(r"\bunroll=(\d+)", jaxpr_text)]
+
+
+def test_unroll_reaches_the_fast_scans():
+    """Recurrent(unroll=4) on an LSTM resolves to the fast layer (the kernel has no scan) and
+    both of its loops, forward and backward, are scans with unroll=4."""
+    rnn = Recurrent("lstm", 3, 4, unroll=4)
+    assert rnn.plan.unmasked == "fast" and rnn.plan.unroll == 4
+    params = _params(rnn)
+    x = jnp.ones((6, 2, 3))
+    forward = str(jax.make_jaxpr(rnn.apply)(params, x))
+    assert "custom_vjp_call" in forward and _scan_unrolls(forward) == [4]
+    backward = str(jax.make_jaxpr(jax.grad(lambda p: jnp.sum(rnn.apply(p, x)[0])))(params))
+    assert _scan_unrolls(backward) == [4, 4]
+    plain = Recurrent("gru", 3, 4, impl="fast")
+    assert set(_scan_unrolls(str(jax.make_jaxpr(plain.apply)(_params(plain), x)))) == {1}
+
+
+def test_bfloat16_falls_back_from_the_kernel():
+    """The kernel computes in float32 / float64 only: with a bfloat16 input, impl="auto" on an
+    LSTM runs the fast layer (close to float32's numbers), impl="kernel" is an error."""
+    rnn = Recurrent("lstm", 3, 4, 2)
+    rng = np.random.default_rng(1)
+    params32 = jax.tree.map(lambda s: jnp.asarray(rng.uniform(-0.5, 0.5, s.shape), s.dtype),
+                            jax.eval_shape(rnn.init, jax.random.key(0)))
+    x32 = jnp.asarray(rng.standard_normal((5, 2, 3)), jnp.float32)
+    params16, x16 = jax.tree.map(lambda a: a.astype(jnp.bfloat16), (params32, x32))
+    assert rnn.plan.for_call(rnn.cell, jnp.bfloat16, False) == "fast"
+    text = str(jax.make_jaxpr(rnn.apply)(params16, x16))
+    assert "custom_vjp_call" in text and "ffi_call" not in text
+    out, (h, c) = jax.jit(rnn.apply)(params16, x16)
+    assert out.dtype == h.dtype == c.dtype == jnp.bfloat16
+    want = Recurrent("lstm", 3, 4, 2, impl="reference").apply(params32, x32)
+    # bfloat16 keeps 8 bits of mantissa: agreement to a few 1e-2
+    assert max(float(jnp.max(jnp.abs(g.astype(jnp.float32) - w)))
+               for g, w in zip(jax.tree.leaves((out, h, c)), jax.tree.leaves(want))) < 5e-2
+    if KERNEL_POSSIBLE:
+        kernel = Recurrent("lstm", 3, 4, 2, impl="kernel")
+        with pytest.raises(ValueError, match=r"impl='kernel' cannot run: the lstm_cpu kernel "
+                                             r"computes in float32, float64, not bfloat16"):
+            kernel.apply(params16, x16)
+
+
+def test_a_custom_cell_plugs_in_its_fast_recurrence(x64):
+    """A cell of its own with `fast=` (here the built-in GRU's fields under another name, its
+    fast recurrence wrapped to count traces) is run by impl="fast" and "auto" exactly as the
+    built-ins are, and matches torch.nn.GRU in float64 (outputs, state, every gradient)."""
+    calls = []
+
+    def counting_fast(params, slab, carry0, reverse, unroll):
+        calls.append((reverse, unroll))  # runs while tracing
+        return fast.gru_fast(params, slab, carry0, reverse, unroll)
+
+    my_gru = dataclasses.replace(cells.GRU, name="my_gru", fast=counting_fast)
+    assert _plan(my_gru, "auto").unmasked == "fast"
+    rnn = Recurrent(my_gru, 3, 4, 2, bidirectional=True, impl="fast", unroll=2)
+    torch.manual_seed(0)
+    module = torch.nn.GRU(3, 4, 2, bidirectional=True).double()
+    state = {n: jnp.asarray(p.detach().numpy()) for n, p in module.named_parameters()}
+    params = [[{name: state[f"{name}_l{layer}" + ("_reverse" if d else "")]
+                for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")}
+               for d in range(2)] for layer in range(2)]
+    rng = np.random.default_rng(2)
+    x, h0 = rng.standard_normal((6, 3, 3)), rng.standard_normal((4, 3, 4))
+    out_weight = rng.standard_normal((6, 3, 8))
+
+    tx, th0 = torch.tensor(x, requires_grad=True), torch.tensor(h0, requires_grad=True)
+    t_out, t_h = module(tx, th0)
+    t_loss = torch.sum(torch.tensor(out_weight) * t_out * t_out) + torch.sum(torch.tanh(t_h))
+    t_loss.backward()
+
+    def loss(params, x, h0):
+        out, h = rnn.apply(params, x, h0)
+        return jnp.sum(out_weight * out * out) + jnp.sum(jnp.tanh(h)), (out, h)
+
+    (value, (out, h)), (d_params, d_x, d_h0) = jax.jit(
+        jax.value_and_grad(loss, (0, 1, 2), has_aux=True))(params, jnp.asarray(x),
+                                                          jnp.asarray(h0))
+    # traced once per direction of each layer, with the network's unroll
+    assert calls == [(False, 2), (True, 2), (False, 2), (True, 2)]
+    tolerance = 1e-10
+    assert abs(float(value) - t_loss.item()) < tolerance
+    np.testing.assert_allclose(out, t_out.detach().numpy(), rtol=0, atol=tolerance)
+    np.testing.assert_allclose(h, t_h.detach().numpy(), rtol=0, atol=tolerance)
+    np.testing.assert_allclose(d_x, tx.grad.numpy(), rtol=0, atol=tolerance)
+    np.testing.assert_allclose(d_h0, th0.grad.numpy(), rtol=0, atol=tolerance)
+    grads = {n: p.grad.numpy() for n, p in module.named_parameters()}
+    for layer in range(2):
+        for d in range(2):
+            for name, grad in d_params[layer][d].items():
+                key = f"{name}_l{layer}" + ("_reverse" if d else "")
+                np.testing.assert_allclose(grad, grads[key], rtol=0, atol=tolerance,
+                                           err_msg=key)
+    # the same network on the built-in GRU: the same program, bit for bit
+    builtin = Recurrent("gru", 3, 4, 2, bidirectional=True, impl="fast", unroll=2)
+    np.testing.assert_array_equal(jax.jit(builtin.apply)(params, jnp.asarray(x))[0],
+                                  jax.jit(rnn.apply)(params, jnp.asarray(x))[0])
 
 
 # ---------------------------------------------------------------------------- tracing

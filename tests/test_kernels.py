@@ -1,12 +1,14 @@
-"""The fused CPU LSTM kernel (`jaxrnn.kernels`, used by `jaxrnn.fast` on the CPU).
+"""The fused CPU LSTM kernel (`jaxrnn.kernels`, the `kernel` of `jaxrnn.cells.LSTM`).
 
 1. Against torch.nn.LSTM in float64 (outputs, final states, every gradient), two layers,
-   bidirectional, with the hidden units split in uneven parts; the compiled program is checked
-   to contain the kernel's custom calls, so the comparison is of the kernel, not a fallback.
+   bidirectional, with the hidden units split in uneven parts (`kernel_parts`); the compiled
+   program is checked to contain the kernel's custom calls, so the comparison is of the
+   kernel, not a fallback.
 2. Against the pure-JAX reference scan (impl="reference") in float32, at T = 1 and with more
    parts than units would normally allow, and through a jitted training-style gradient.
-3. Switched off, the same layer compiles without the custom calls and gives the same numbers;
-   when the build fails, a warning names the reason and the pure-JAX layers run.
+3. impl="fast" compiles without the custom calls and gives the same numbers; when the build
+   fails, impl="auto" warns once naming the reason and runs the pure-JAX layers, and
+   impl="kernel" is an error that names it.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import numpy as np
 import pytest
 import torch
 
-from jaxrnn import Recurrent, kernels
+from jaxrnn import Recurrent, cells, kernels
 
 pytestmark = pytest.mark.skipif(
     sys.platform != "linux" or shutil.which(os.environ.get("CXX") or "c++") is None
@@ -30,15 +32,6 @@ pytestmark = pytest.mark.skipif(
     reason="the kernels are built on Linux with a C++ compiler, and run on the CPU backend")
 
 TOLERANCE_64 = 1e-10
-
-
-@pytest.fixture(autouse=True)
-def kernel_settings():
-    """Kernels on and automatic parts for each test, restored afterwards."""
-    kernels.set_enabled(True)
-    yield
-    kernels.set_parts(0)
-    kernels.set_enabled(None)
 
 
 def _max_abs_diff(a, b) -> float:
@@ -53,22 +46,27 @@ def _lowered_text(fn, *args) -> str:
 
 
 def test_kernel_builds_here():
-    assert kernels.enabled(np.float32), kernels.unavailable_reason()
-    assert kernels.enabled(np.float64)
-    assert not kernels.enabled(jnp.bfloat16)
+    kernel = cells.LSTM.kernel
+    assert isinstance(kernel, kernels.Kernel)
+    assert kernel.unavailable_reason(np.float32) is None, kernel.unavailable_reason()
+    assert kernel.unavailable_reason(np.float64) is None
+    assert "not bfloat16" in kernel.unavailable_reason(jnp.bfloat16)
+    assert kernels.unavailable_reason() is None
+    assert Recurrent("lstm", 3, 4).plan.unmasked == "kernel"  # what impl="auto" runs here
 
 
 @pytest.mark.parametrize("parts", [0, 3])
 def test_matches_torch_lstm_float64(x64, parts):
     steps, batch, input_size, hidden, layers = 6, 3, 5, 10, 2
-    kernels.set_parts(parts)  # 3: units split 3, 3, 4
     torch.manual_seed(1)
     module = torch.nn.LSTM(input_size, hidden, layers, bidirectional=True).double()
     state = {n: jnp.asarray(p.detach().numpy()) for n, p in module.named_parameters()}
     params = [[{name: state[f"{name}_l{layer}" + ("_reverse" if d else "")]
                 for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")}
                for d in range(2)] for layer in range(layers)]
-    rnn = Recurrent("lstm", input_size, hidden, layers, bidirectional=True, impl="fast")
+    rnn = Recurrent("lstm", input_size, hidden, layers, bidirectional=True, impl="kernel",
+                    kernel_parts=parts)  # 3: units split 3, 3, 4
+    assert rnn.plan.unmasked == "kernel" and rnn.plan.kernel_parts == parts
 
     rng = np.random.default_rng(2)
     x = rng.standard_normal((steps, batch, input_size))
@@ -107,11 +105,11 @@ def test_matches_torch_lstm_float64(x64, parts):
 @pytest.mark.parametrize("steps, hidden, parts", [(1, 7, 0), (9, 40, 0), (9, 40, 5), (4, 3, 8)])
 def test_matches_reference_float32(steps, hidden, parts):
     """float32 against the pure-JAX scan; 8 parts of 3 units means 3 parts of one unit."""
-    kernels.set_parts(parts)
     batch, input_size = 4, 6
-    fast = Recurrent("lstm", input_size, hidden, 1, bidirectional=True, impl="fast")
+    kernel = Recurrent("lstm", input_size, hidden, 1, bidirectional=True, impl="kernel",
+                       kernel_parts=parts)
     reference = Recurrent("lstm", input_size, hidden, 1, bidirectional=True, impl="reference")
-    params = fast.init(jax.random.PRNGKey(0))
+    params = kernel.init(jax.random.PRNGKey(0))
     rng = np.random.default_rng(0)
     x = jnp.asarray(rng.standard_normal((steps, batch, input_size)), jnp.float32)
 
@@ -122,42 +120,63 @@ def test_matches_reference_float32(steps, hidden, parts):
         return jax.jit(jax.value_and_grad(value, (0, 1), has_aux=True))
 
     assert "jaxrnn_lstm_backward_f32" in _lowered_text(
-        jax.value_and_grad(lambda p, x: jnp.sum(fast.apply(p, x)[0]), (0, 1)), params, x)
-    got, want = loss(fast)(params, x), loss(reference)(params, x)
+        jax.value_and_grad(lambda p, x: jnp.sum(kernel.apply(p, x)[0]), (0, 1)), params, x)
+    got, want = loss(kernel)(params, x), loss(reference)(params, x)
     assert _max_abs_diff(got, want) < 2e-5
 
 
-def test_switched_off_compiles_without_the_kernel():
-    rnn = Recurrent("lstm", 5, 20, 2, impl="fast")
-    params = rnn.init(jax.random.PRNGKey(3))
+def test_impl_fast_compiles_without_the_kernel():
+    """impl="fast" is the pure-JAX custom-VJP layer: no custom call, the kernel's numbers."""
+    kernel = Recurrent("lstm", 5, 20, 2, impl="kernel")
+    pure = Recurrent("lstm", 5, 20, 2, impl="fast")
+    assert (kernel.plan.unmasked, pure.plan.unmasked) == ("kernel", "fast")
+    params = kernel.init(jax.random.PRNGKey(3))
     x = jnp.asarray(np.random.default_rng(3).standard_normal((7, 2, 5)), jnp.float32)
-    run = lambda p, x: rnn.apply(p, x)[0]
-    with_kernel = jax.jit(run)(params, x)
-    assert "jaxrnn_lstm_forward" in _lowered_text(run, params, x)
-    kernels.set_enabled(False)  # decided at trace time: a new function traces again
-    run_again = lambda p, x: rnn.apply(p, x)[0]
-    assert "jaxrnn_lstm_forward" not in _lowered_text(run_again, params, x)
-    without = jax.jit(run_again)(params, x)
+
+    def outputs_and_grads(rnn):
+        def loss(p, x):
+            out, (h, c) = rnn.apply(p, x)
+            return jnp.sum(out * out) + jnp.sum(h * c), out
+        return jax.value_and_grad(loss, (0, 1), has_aux=True)
+
+    with_kernel_text = _lowered_text(outputs_and_grads(kernel), params, x)
+    assert "jaxrnn_lstm_forward_f32" in with_kernel_text
+    assert "jaxrnn_lstm_backward_f32" in with_kernel_text
+    assert "jaxrnn_lstm" not in _lowered_text(outputs_and_grads(pure), params, x)
+    with_kernel = jax.jit(outputs_and_grads(kernel))(params, x)
+    without = jax.jit(outputs_and_grads(pure))(params, x)
     assert _max_abs_diff(with_kernel, without) < 1e-5
 
 
 def test_failed_build_warns_and_falls_back(tmp_path):
-    """A missing compiler and an empty cache: one warning with the reason, pure-JAX results."""
+    """A missing compiler and an empty cache: impl="auto" warns once with the reason and runs
+    the pure-JAX layers (correct results); impl="kernel" is a ValueError naming the failure."""
     code = (
         "import warnings, jax, jax.numpy as jnp\n"
-        "from jaxrnn import Recurrent, kernels\n"
-        "rnn = Recurrent('lstm', 3, 4, impl='fast')\n"
-        "p = rnn.init(jax.random.PRNGKey(0)); x = jnp.ones((5, 2, 3))\n"
+        "from jaxrnn import Recurrent\n"
         "with warnings.catch_warnings(record=True) as caught:\n"
         "    warnings.simplefilter('always')\n"
+        "    rnn = Recurrent('lstm', 3, 4, impl='auto')\n"
+        "    again = Recurrent('lstm', 3, 4, 2, impl='auto')\n"
+        "    p = rnn.init(jax.random.PRNGKey(0)); x = jnp.ones((5, 2, 3))\n"
         "    y = jax.jit(lambda p, x: rnn.apply(p, x)[0])(p, x)\n"
+        "assert rnn.plan.unmasked == 'fast' and again.plan.unmasked == 'fast', rnn.plan\n"
         "ref = Recurrent('lstm', 3, 4, impl='reference').apply(p, x)[0]\n"
         "assert float(jnp.max(jnp.abs(y - ref))) < 1e-5\n"
-        "print([str(w.message) for w in caught if 'kernels' in str(w.message)])\n")
+        "print([str(w.message) for w in caught if 'kernels' in str(w.message)])\n"
+        "try:\n"
+        "    Recurrent('lstm', 3, 4, impl='kernel')\n"
+        "except ValueError as error:\n"
+        "    print('ValueError:', error)\n")
     env = dict(os.environ, CXX=str(tmp_path / "no-such-compiler"),
-               JAXRNN_KERNEL_CACHE=str(tmp_path / "cache"), JAXRNN_CPU_KERNELS="auto")
+               JAXRNN_KERNEL_CACHE=str(tmp_path / "cache"))
+    env.pop("JAXRNN_CPU_KERNELS", None)  # read by the CLI only, never by the library
     done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
                           timeout=300)
     assert done.returncode == 0, done.stderr
-    assert "fused CPU kernels are unavailable (no C++ compiler" in done.stdout
-    assert done.stdout.count("unavailable") == 1
+    warned, _, error = done.stdout.partition("ValueError: ")
+    assert "fused CPU kernels are unavailable (no C++ compiler" in warned
+    assert warned.count("unavailable") == 1  # one warning, for the first network only
+    assert error.startswith("impl='kernel' cannot run: the lstm_cpu kernel could not be "
+                            "built: no C++ compiler"), done.stdout
+    assert "no-such-compiler" in error

@@ -51,7 +51,7 @@ def test_nonfinite_stops_with_the_step_and_the_last_good_checkpoint(tmp_path, sm
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1, proc.stderr
     print(f"\n[--lr 1e3] {lines[0]}")
-    found = re.search(r"non-finite loss or gradient at step (\d+) \(lr [\d.e+]+\); nothing "
+    found = re.search(r"non-finite loss or gradient at step (\d+) \(learning rate [\d.e+]+\); nothing "
                       r"from it was saved, and the last good checkpoint is (\S+) \(step (\d+);",
                       lines[0])
     assert found, lines[0]

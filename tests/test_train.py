@@ -26,7 +26,7 @@ def make_trainer(text, **overrides):
     return config, vocab, tokens, Trainer.create(config, len(vocab), len(tokens))
 
 
-@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
+@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn_tanh"])
 def test_one_step_changes_every_parameter(small_text, cell):
     _, _, tokens, trainer = make_trainer(small_text, cell=cell)
     state = trainer.init_state()
@@ -72,7 +72,7 @@ def test_streams_carry_state_across_windows(small_text):
     """With carry_state the second window sees the first window's final state."""
     _, _, tokens, trainer = make_trainer(small_text, dropout=0.0)
     state = trainer.init_state()
-    batch0 = trainer.get_batch(jnp.asarray(tokens), state)
+    batch0 = trainer.get_batch(jnp.asarray(tokens), state.step, state.rng)
     _, carry = trainer.model.apply(state.params, state.carry, batch0[0])
     state1, _ = trainer.jit_train_chunk(state, jnp.asarray(tokens), 1)
     # The updated state holds the forward state of window 0 under the *old* params.
@@ -110,3 +110,28 @@ def test_cosine_run_refuses_a_different_step_count(small_text, tmp_path):
     with pytest.raises(UserError, match=r"steps: 5 -> 10"):
         train_and_evaluate(dataclasses.replace(config, steps=10), str(path),
                            str(tmp_path / "run"), progress=False)
+
+
+def test_a_run_directory_of_the_old_layout_resumes(small_text, tmp_path):
+    """Run directories written before the cells' names were unified and the tutorial's option
+    got its section say cell "rnn" and a flat faithful_log_softmax: they load and resume."""
+    import json
+
+    from jaxrnn.config import Config, config_diff
+
+    path = tmp_path / "text.txt"
+    path.write_text(small_text)
+    config = tiny_config(cell="rnn_tanh", steps=10, eval_every=5, checkpoint_every=5,
+                         schedule="constant")
+    train_and_evaluate(dataclasses.replace(config, steps=5), str(path), str(tmp_path / "run"),
+                       progress=False)
+    config_path = tmp_path / "run" / "config.json"
+    old = json.loads(config_path.read_text())
+    old["cell"] = "rnn"
+    old["faithful_log_softmax"] = old.pop("tutorial")["faithful_log_softmax"]
+    config_path.write_text(json.dumps(old))
+    assert Config.from_dict(old) == dataclasses.replace(config, steps=5)
+    assert config_diff(Config.from_dict(old), config) == {}
+    result = train_and_evaluate(config, str(path), str(tmp_path / "run"), progress=False)
+    assert int(result.state.step) == 10
+    assert json.loads(config_path.read_text())["cell"] == "rnn_tanh"

@@ -1,4 +1,5 @@
-"""Converting between torch.nn.RNN / LSTM / GRU and `jaxrnn.Recurrent`.
+"""Converting weights between PyTorch and jaxrnn: torch.nn.RNN / LSTM / GRU <-> `jaxrnn.Recurrent`,
+and a whole character model, `TorchCharLM` <-> `jaxrnn.model.CharLM`.
 
 jaxrnn keeps PyTorch's parameter layout and gate order, so conversion is a rename plus a check
 of every key and shape. A PyTorch state_dict is flat; jaxrnn's params is a list over layers of
@@ -20,8 +21,14 @@ it, pass `dtype=jnp.float32` to convert explicitly instead of truncating silentl
 `params_from_state_dict` / `params_to_state_dict` do the rename alone, between jaxrnn params and
 a flat {PyTorch key: array} dict (numpy out, e.g. for `np.savez`; torch or numpy in).
 
+A CharLM's params add "embedding" [V, E] (absent when one-hot) and "head" {weight [V, H],
+bias [V]} around "rnn" (the Recurrent params above); as a TorchCharLM state_dict they are
+embedding.weight, rnn.<PyTorch key> and head.weight / head.bias (`charlm_state_dict`).
+
   >>> rnn, params = from_torch(torch.nn.LSTM(3, 5, num_layers=2, bidirectional=True))
   >>> module = to_torch(rnn, params)            # an equal nn.LSTM
+  >>> model, params = charlm_from_torch(TorchCharLM(65, "lstm", 128))  # a CharLM, equal weights
+  >>> module = charlm_to_torch(params, model)   # and back
 """
 
 from __future__ import annotations
@@ -31,11 +38,10 @@ import jax.numpy as jnp
 import numpy as np
 import torch
 
-from jaxrnn.cells import NUM_GATES
 from jaxrnn.engine import Recurrent
+from jaxrnn.names import NUM_GATES
+from torch_baselines.model import RNN_CLASSES, TORCH_DTYPES, TorchCharLM
 
-_TORCH_CLASSES = {"rnn_tanh": torch.nn.RNN, "rnn_relu": torch.nn.RNN, "lstm": torch.nn.LSTM,
-                  "gru": torch.nn.GRU}
 _PARAM_NAMES = ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
 _TORCH_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32,
                  "float64": torch.float64}
@@ -188,9 +194,8 @@ def to_torch(rnn: Recurrent, params) -> torch.nn.Module:
     kwargs = dict(input_size=rnn.input_size, hidden_size=rnn.hidden_size,
                   num_layers=rnn.num_layers, bias=rnn.bias, batch_first=rnn.batch_first,
                   dropout=rnn.dropout, bidirectional=rnn.bidirectional)
-    if rnn.mode in ("rnn_tanh", "rnn_relu"):
-        kwargs["nonlinearity"] = rnn.mode[len("rnn_"):]
-    module = _TORCH_CLASSES[rnn.mode](**kwargs)
+    torch_class, extra = RNN_CLASSES[rnn.mode]
+    module = torch_class(**kwargs, **extra)
     torch_dtype = _TORCH_DTYPES[dtypes[0]]
     module = module.to(torch_dtype)
     # torch.from_numpy knows no bfloat16; float32 holds every bfloat16 value exactly.
@@ -199,3 +204,68 @@ def to_torch(rnn: Recurrent, params) -> torch.nn.Module:
                for key, value in flat.items()}
     module.load_state_dict(tensors, strict=True)
     return module
+
+
+# ---------------------------------------------------------------------------- the char model
+
+
+def _charlm_expected_shapes(model) -> dict[str, tuple[int, ...]]:
+    """TorchCharLM state_dict key -> shape, for a jaxrnn CharLM."""
+    shapes = {f"rnn.{k}": v for k, v in expected_shapes(model.rnn).items()}
+    if model.embedding_size:
+        shapes["embedding.weight"] = (model.vocab_size, model.embedding_size)
+    shapes["head.weight"] = (model.vocab_size, model.hidden_size)
+    shapes["head.bias"] = (model.vocab_size,)
+    return shapes
+
+
+def charlm_state_dict(params, model) -> dict[str, np.ndarray]:
+    """jaxrnn CharLM params -> {TorchCharLM state_dict key: numpy array}, keys/shapes checked."""
+    top = {"rnn", "head"} | ({"embedding"} if model.embedding_size else set())
+    if set(params) != top or set(params["head"]) != {"weight", "bias"}:
+        raise ValueError(f"CharLM params must have keys {sorted(top)} with head {{weight, bias}}"
+                         f"; got {sorted(params)}")
+    flat = {f"rnn.{k}": v for k, v in params_to_state_dict(model.rnn, params["rnn"]).items()}
+    if model.embedding_size:
+        flat["embedding.weight"] = np.asarray(params["embedding"])
+    flat["head.weight"] = np.asarray(params["head"]["weight"])
+    flat["head.bias"] = np.asarray(params["head"]["bias"])
+    _check_keys_and_shapes(_charlm_expected_shapes(model), flat,
+                           "CharLM params (as TorchCharLM keys)")
+    return flat
+
+
+def charlm_to_torch(params, model) -> TorchCharLM:
+    """(jaxrnn CharLM params, CharLM) -> a TorchCharLM with the same weights and dtype."""
+    flat = charlm_state_dict(params, model)
+    dtypes = {a.dtype for a in flat.values()}
+    if len(dtypes) != 1:
+        raise ValueError(f"params must all have one dtype, got {sorted(map(str, dtypes))}")
+    module = TorchCharLM(model.vocab_size, model.cell, model.hidden_size, model.num_layers,
+                         model.embedding_size, model.dropout)
+    module = module.to(TORCH_DTYPES[np.dtype(dtypes.pop()).name])
+    module.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in flat.items()},
+                           strict=True)
+    return module
+
+
+def charlm_from_torch(module: TorchCharLM, dtype=None):
+    """TorchCharLM -> (jaxrnn CharLM, params) with the same weights.
+
+    dtype: the jax dtype of params; default keeps the module's (float64 needs jax_enable_x64).
+    The CharLM's cell is the module's canonical name (jaxrnn.names), e.g. "rnn_tanh".
+    """
+    from jaxrnn.model import CharLM
+
+    state = {k: _to_numpy(v) for k, v in module.state_dict().items()}  # copies, see _to_numpy
+    jax_dtype = _jax_dtype(np.float64 if module.dtype == torch.float64 else np.float32, dtype)
+    model = CharLM(module.vocab_size, module.cell, module.hidden_size, module.num_layers,
+                   module.embedding_size, module.dropout_rate, dtype=jax_dtype.name)
+    _check_keys_and_shapes(_charlm_expected_shapes(model), state, "TorchCharLM state_dict")
+    rnn_state = {k[len("rnn."):]: v for k, v in state.items() if k.startswith("rnn.")}
+    params = {"rnn": params_from_state_dict(model.rnn, rnn_state, jax_dtype),
+              "head": {"weight": jnp.asarray(state["head.weight"], jax_dtype),
+                       "bias": jnp.asarray(state["head.bias"], jax_dtype)}}
+    if module.embedding_size:
+        params["embedding"] = jnp.asarray(state["embedding.weight"], jax_dtype)
+    return model, params

@@ -1,25 +1,26 @@
-"""Fused CPU kernels behind the fast layers (`jax.ffi`), built on first use.
+"""Fused CPU kernels (`jax.ffi`), built on first use, and the `Kernel` value a cell carries.
 
 `lstm_cpu.cc` runs one LSTM direction's whole time loop, forward and backward, as one XLA
-custom call each (see its header for the work split). `jaxrnn.fast` uses it for float32 and
-float64 LSTM layers when JAX runs on the CPU; everywhere else, and whenever the kernel cannot be
-built, the pure-JAX custom-VJP layers run, and they stay the reference the tests check it
-against (besides PyTorch).
+custom call each (see its header for the work split). `jaxrnn.cells.LSTM` carries it as its
+`kernel`; `jaxrnn.Recurrent` decides when it is built whether its layers run it (`impl`
+"kernel", or "auto" where it can run: the CPU backend, float32 / float64, the library built).
+The pure-JAX custom-VJP layers of `jaxrnn.fast` are what runs everywhere else, and they stay
+the reference the tests check the kernel against (besides PyTorch).
 
 The library is compiled once per machine, source and jaxlib version with the system's C++
 compiler (`$CXX`, else `c++`) into a cache folder, like torch.utils.cpp_extension.load:
+$JAXRNN_KERNEL_CACHE, default ~/.cache/jaxrnn/kernels. If the build fails, the reason is kept
+(`unavailable_reason`), impl="auto" warns once and runs the pure-JAX layers, and impl="kernel"
+is an error that names it. The kernel needs no BLAS: its per-step GEMMs are its own (weights
+packed once per call, a register-tiled micro-kernel per step).
 
-  JAXRNN_CPU_KERNELS    auto (default) | off
-  JAXRNN_KERNEL_CACHE   the folder for the compiled library (default ~/.cache/jaxrnn/kernels)
-
-If the build fails, one warning says why and the pure-JAX layers run. The kernel needs no
-BLAS: its per-step GEMMs are its own (weights packed once per call, a register-tiled
-micro-kernel per step).
+Nothing here is a switch: the library's load state is a cache of a fact about this machine.
 """
 
 from __future__ import annotations
 
 import ctypes
+import dataclasses
 import hashlib
 import os
 import platform
@@ -29,13 +30,13 @@ import sys
 import tempfile
 import warnings
 from pathlib import Path
+from typing import Callable
 
 import jax
 import jaxlib
 import numpy as np
 
 SOURCE = Path(__file__).with_name("lstm_cpu.cc")
-ENV_SWITCH = "JAXRNN_CPU_KERNELS"
 ENV_CACHE = "JAXRNN_KERNEL_CACHE"
 DEFAULT_CACHE = Path("~/.cache/jaxrnn/kernels")
 # -D__FAST_MATH__ makes glibc declare libmvec's vector exp / tanh, which GCC then calls from the
@@ -45,53 +46,66 @@ CXXFLAGS = ("-std=c++17", "-O3", "-march=native", "-fPIC", "-pthread", "-fopenmp
             "-fno-math-errno", "-fno-trapping-math", "-D__FAST_MATH__", "-w")
 DTYPES = {np.dtype(np.float32): "f32", np.dtype(np.float64): "f64"}
 
-_state: dict = {"library": None, "error": None, "enabled": None}
+# The loaded library, or the reason it could not be built: tried once per process.
+_LOADED: dict = {"library": None, "error": None}
 
 
-# ------------------------------------------------------------------------------- switches
+@dataclasses.dataclass(frozen=True)
+class Kernel:
+    """A fused implementation of one cell's unmasked recurrence on the slab.
+
+    Attributes:
+      name: for messages, e.g. "lstm_cpu".
+      run: (params, slab <float>[T, B, G*H], carry0, reverse: bool, parts: int) ->
+        (ys <float>[T, B, H], carry_T); differentiable (a custom VJP).
+      platform: the JAX backend it runs on.
+      dtypes: the dtypes it computes in.
+      load: () -> None, or the reason its code cannot be loaded here (e.g. a failed build);
+        None: it needs nothing loaded.
+    """
+
+    name: str
+    run: Callable
+    platform: str = "cpu"
+    dtypes: tuple = (np.dtype(np.float32), np.dtype(np.float64))
+    load: Callable[[], str | None] | None = None
+
+    def unavailable_reason(self, dtype=None) -> str | None:
+        """Why this kernel cannot run here (for `dtype`, if given), or None if it can."""
+        backend = jax.default_backend()
+        if backend != self.platform:
+            return f"the {self.name} kernel runs on the {self.platform} backend, not {backend}"
+        if dtype is not None and np.dtype(dtype) not in self.dtypes:
+            return (f"the {self.name} kernel computes in "
+                    f"{', '.join(d.name for d in self.dtypes)}, not {np.dtype(dtype).name}")
+        problem = self.load() if self.load is not None else None
+        if problem is not None:
+            return f"the {self.name} kernel could not be built: {problem}"
+        return None
 
 
-def set_enabled(flag: bool | None) -> None:
-    """Turns the kernels on (True), off (False) or back to $JAXRNN_CPU_KERNELS (None).
-
-    Layers decide when they are traced: jit a function again after changing this."""
-    _state["enabled"] = flag
-
-
-def set_parts(parts: int) -> None:
-    """Splits the hidden units into this many parts (0, the default: one per thread of XLA's
-    intra-op pool, at least 16 units each). Parts beyond the threads run one after another;
-    tests use this to check uneven splits on any machine. Takes effect at the next call."""
-    library = _library()
-    if library is not None:
-        library.jaxrnn_set_parts(int(parts))
-
-
-def enabled(dtype) -> bool:
-    """Whether a layer of this dtype traced now runs the kernel: CPU backend, float32 or
-    float64, not switched off, and the library built and loaded."""
-    flag = _state["enabled"]
-    if flag is None:
-        flag = os.environ.get(ENV_SWITCH, "auto").lower() not in ("off", "0", "false", "no")
-    if not flag or np.dtype(dtype) not in DTYPES or jax.default_backend() != "cpu":
-        return False
-    return _library() is not None
+def load_library() -> str | None:
+    """Builds and loads lstm_cpu.cc (once per process): None, or why it could not be."""
+    return None if _library() is not None else _LOADED["error"]
 
 
 def unavailable_reason() -> str | None:
-    """Why the kernels could not be loaded (None if they are loaded or were never tried)."""
-    return _state["error"]
+    """Why the kernel library could not be loaded (None if it is loaded or never tried)."""
+    return _LOADED["error"]
 
 
 # ------------------------------------------------------------------------------- the calls
 
 
-def lstm_forward(weight_hh, slab, h0, c0, reverse: bool):
+def lstm_forward(weight_hh, slab, h0, c0, reverse: bool, parts: int = 0):
     """One LSTM direction's forward loop.
 
     Args:
       weight_hh: <float>[4H, H]; slab: <float>[T, B, 4H] (x @ W_ih^T + biases);
       h0, c0: <float>[B, H]; reverse: run from t = T-1 down to 0.
+      parts: split the hidden units into this many parts (0: one per thread of XLA's
+        intra-op pool, at least 16 units each); parts beyond the threads run one after
+        another, so tests can check uneven splits on any machine.
 
     Returns:
       (hs [T, B, H], cs [T, B, H], gates [T, B, 4H] activated, h_T [B, H], c_T [B, H]).
@@ -105,10 +119,11 @@ def lstm_forward(weight_hh, slab, h0, c0, reverse: bool):
     # after this call in a layer): one [T, B, 4H] array less (52 MB a layer at W3)
     call = jax.ffi.ffi_call(_target("forward", slab.dtype), (states, states, gates, final, final),
                             vmap_method="sequential", input_output_aliases={1: 2})
-    return call(weight_hh, slab, h0, c0, reverse=np.int32(reverse))
+    return call(weight_hh, slab, h0, c0, reverse=np.int32(reverse), parts=np.int32(parts))
 
 
-def lstm_backward(weight_hh, gates, cs, c0, d_hs, d_h_last, d_c_last, reverse: bool):
+def lstm_backward(weight_hh, gates, cs, c0, d_hs, d_h_last, d_c_last, reverse: bool,
+                  parts: int = 0):
     """One LSTM direction's backward loop: the residuals of `lstm_forward` and the cotangents
     (d_hs [T, B, H], d_h_last, d_c_last [B, H]) -> (da [T, B, 4H], dh0, dc0 [B, H]), where da is
     the gradient of the gates' pre-activations (= the slab's), written over the gates' buffer
@@ -118,7 +133,8 @@ def lstm_backward(weight_hh, gates, cs, c0, d_hs, d_h_last, d_c_last, reverse: b
     call = jax.ffi.ffi_call(_target("backward", gates.dtype),
                             (jax.ShapeDtypeStruct(gates.shape, gates.dtype), final, final),
                             vmap_method="sequential", input_output_aliases={1: 0})
-    return call(weight_hh, gates, cs, c0, d_hs, d_h_last, d_c_last, reverse=np.int32(reverse))
+    return call(weight_hh, gates, cs, c0, d_hs, d_h_last, d_c_last, reverse=np.int32(reverse),
+                parts=np.int32(parts))
 
 
 def _target(kind: str, dtype) -> str:
@@ -129,16 +145,16 @@ def _target(kind: str, dtype) -> str:
 
 
 def _library():
-    """The loaded library (built if needed), or None with _state["error"] set; tried once."""
-    if _state["library"] is None and _state["error"] is None:
+    """The loaded library (built if needed), or None with the reason kept; tried once."""
+    if _LOADED["library"] is None and _LOADED["error"] is None:
         try:
-            _state["library"] = _load(build())
+            _LOADED["library"] = _load(build())
         except (OSError, RuntimeError, subprocess.SubprocessError) as error:
-            _state["error"] = str(error)
-            warnings.warn(f"jaxrnn: the fused CPU kernels are unavailable ({error}); the "
-                          f"pure-JAX layers run instead (set {ENV_SWITCH}=off to silence this)",
-                          RuntimeWarning, stacklevel=3)
-    return _state["library"]
+            _LOADED["error"] = str(error)
+            warnings.warn(f"jaxrnn: the fused CPU kernels are unavailable ({error}); "
+                          f"impl='auto' runs the pure-JAX layers instead (impl='fast' does "
+                          f"so without trying the kernels)", RuntimeWarning, stacklevel=3)
+    return _LOADED["library"]
 
 
 def cache_dir() -> Path:
@@ -201,5 +217,5 @@ def _load(path: Path):
     return library
 
 
-__all__ = ["enabled", "set_enabled", "set_parts", "unavailable_reason", "lstm_forward",
-           "lstm_backward", "build", "cache_dir"]
+__all__ = ["Kernel", "load_library", "unavailable_reason", "lstm_forward", "lstm_backward", "build",
+           "cache_dir"]

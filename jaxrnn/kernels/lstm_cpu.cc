@@ -141,7 +141,6 @@ class PackedMatrix {
   T* data_;
 };
 
-int g_parts = 0;  // 0: one part per thread of the pool; else this many (tests)
 
 template <typename T>
 inline T Sigmoid(T x) {
@@ -235,8 +234,9 @@ class PhaseRunner {
   };
 };
 
-int64_t NumParts(ffi::ThreadPool& pool, int64_t hidden) {
-  if (g_parts > 0) return std::max<int64_t>(1, std::min<int64_t>(g_parts, hidden));
+// parts: the call's "parts" attribute; 0 chooses one part per thread of the pool.
+int64_t NumParts(ffi::ThreadPool& pool, int64_t hidden, int32_t parts) {
+  if (parts > 0) return std::max<int64_t>(1, std::min<int64_t>(parts, hidden));
   // one part per thread, each of at least 16 units, so that no GEMM is too thin
   const int64_t threads = std::max<int64_t>(1, pool.num_threads());
   return std::max<int64_t>(1, std::min<int64_t>(threads, hidden / 16));
@@ -250,7 +250,7 @@ struct Split {
 
 template <ffi::DataType DT>
 ffi::Error LstmForward(ffi::ThreadPool pool, ffi::Buffer<DT> w, ffi::Buffer<DT> slab,
-                       ffi::Buffer<DT> h0, ffi::Buffer<DT> c0, int32_t reverse,
+                       ffi::Buffer<DT> h0, ffi::Buffer<DT> c0, int32_t reverse, int32_t parts,
                        ffi::ResultBuffer<DT> hs, ffi::ResultBuffer<DT> cs,
                        ffi::ResultBuffer<DT> gates, ffi::ResultBuffer<DT> h_last,
                        ffi::ResultBuffer<DT> c_last) {
@@ -262,7 +262,7 @@ ffi::Error LstmForward(ffi::ThreadPool pool, ffi::Buffer<DT> w, ffi::Buffer<DT> 
   if (w.dimensions().size() != 2 || w.dimensions()[0] != width || w.dimensions()[1] != hidden)
     return ffi::Error::InvalidArgument("weight_hh must be [4H, H] for a [T, B, 4H] slab");
   const int64_t state = batch * hidden, slab_step = batch * width;
-  const Split split{hidden, NumParts(pool, hidden)};
+  const Split split{hidden, NumParts(pool, hidden, parts)};
   const T* wp = w.typed_data();
   const T* xp = slab.typed_data();
   T* hp = hs->typed_data();
@@ -318,13 +318,14 @@ template <ffi::DataType DT>
 ffi::Error LstmBackward(ffi::ThreadPool pool, ffi::Buffer<DT> w, ffi::Buffer<DT> gates,
                         ffi::Buffer<DT> cs, ffi::Buffer<DT> c0, ffi::Buffer<DT> d_hs,
                         ffi::Buffer<DT> d_h_last, ffi::Buffer<DT> d_c_last, int32_t reverse,
+                        int32_t parts,
                         ffi::ResultBuffer<DT> da, ffi::ResultBuffer<DT> d_h0,
                         ffi::ResultBuffer<DT> d_c0) {
   using T = ffi::NativeType<DT>;
   auto dims = gates.dimensions();
   const int64_t steps = dims[0], batch = dims[1], width = dims[2], hidden = width / 4;
   const int64_t state = batch * hidden, slab_step = batch * width;
-  const Split split{hidden, NumParts(pool, hidden)};
+  const Split split{hidden, NumParts(pool, hidden, parts)};
   const T* wp = w.typed_data();
   const T* gp = gates.typed_data();
   const T* cp = cs.typed_data();
@@ -373,8 +374,6 @@ ffi::Error LstmBackward(ffi::ThreadPool pool, ffi::Buffer<DT> w, ffi::Buffer<DT>
 
 }  // namespace
 
-extern "C" void jaxrnn_set_parts(int parts) { g_parts = parts; }
-
 #define JAXRNN_LSTM_HANDLERS(SUFFIX, DT)                                              \
   XLA_FFI_DEFINE_HANDLER_SYMBOL(jaxrnn_lstm_forward_##SUFFIX, LstmForward<DT>,        \
                                 ffi::Ffi::Bind()                                     \
@@ -384,6 +383,7 @@ extern "C" void jaxrnn_set_parts(int parts) { g_parts = parts; }
                                     .Arg<ffi::Buffer<DT>>()                          \
                                     .Arg<ffi::Buffer<DT>>()                          \
                                     .Attr<int32_t>("reverse")                        \
+                                    .Attr<int32_t>("parts")                          \
                                     .Ret<ffi::Buffer<DT>>()                          \
                                     .Ret<ffi::Buffer<DT>>()                          \
                                     .Ret<ffi::Buffer<DT>>()                          \
@@ -400,6 +400,7 @@ extern "C" void jaxrnn_set_parts(int parts) { g_parts = parts; }
                                     .Arg<ffi::Buffer<DT>>()                          \
                                     .Arg<ffi::Buffer<DT>>()                          \
                                     .Attr<int32_t>("reverse")                        \
+                                    .Attr<int32_t>("parts")                          \
                                     .Ret<ffi::Buffer<DT>>()                          \
                                     .Ret<ffi::Buffer<DT>>()                          \
                                     .Ret<ffi::Buffer<DT>>());
