@@ -17,7 +17,6 @@ The tutorial's Part 4 example maps onto these helpers like this:
 
 from __future__ import annotations
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 

@@ -78,23 +78,36 @@ def parity_main(argv=None):
     text, source = parity.parity_corpus(args.data)
     print(f"text: {source}", flush=True)
     given = config_overrides(args)
-    if not args.all:
-        config = parity.parity_config(args.preset, **given)
-        set_x64(config)
-        result = parity.run_parity(config, text, init_in=args.init_in,
-                                   argmax_sample=args.argmax_sample, threshold=args.threshold,
-                                   sensitivity=args.sensitivity)
-        every = args.report_every or max(1, config.steps // 10)
-        print(f"{'step':>6} {'jax loss':>20} {'torch loss':>20} {'|diff|':>10}")
-        for step, (a, b) in enumerate(zip(result.jax_losses, result.torch_losses), 1):
-            if step % every == 0 or step in (1, config.steps):
-                print(f"{step:>6} {a:>20.15f} {b:>20.15f} {abs(a - b):>10.2e}")
-        if args.argmax_sample:
-            print(f"greedy sample, identical in both: "
-                  f"{result.summary['argmax_sample_identical']}\n"
-                  f"{result.summary['argmax_sample']!r}")
-        print(json.dumps({**result.summary, "data": source}), flush=True)
-        sys.exit(0 if result.summary["passed"] else 1)
+    sys.exit(_parity_all(args, given, text, source) if args.all else
+             _parity_one(args, given, text, source))
+
+
+def _parity_one(args, given: dict, text: str, source: str) -> int:
+    """One parity run: a line every --report-every steps, then the JSON line. Exit code."""
+    from torch_baselines import parity
+
+    config = parity.parity_config(args.preset, **given)
+    set_x64(config)
+    result = parity.run_parity(config, text, init_in=args.init_in,
+                               argmax_sample=args.argmax_sample, threshold=args.threshold,
+                               sensitivity=args.sensitivity)
+    every = args.report_every or max(1, config.steps // 10)
+    print(f"{'step':>6} {'jax loss':>20} {'torch loss':>20} {'|diff|':>10}")
+    for step, (a, b) in enumerate(zip(result.jax_losses, result.torch_losses), 1):
+        if step % every == 0 or step in (1, config.steps):
+            print(f"{step:>6} {a:>20.15f} {b:>20.15f} {abs(a - b):>10.2e}")
+    if args.argmax_sample:
+        print(f"greedy sample, identical in both: "
+              f"{result.summary['argmax_sample_identical']}\n"
+              f"{result.summary['argmax_sample']!r}")
+    print(json.dumps({**result.summary, "data": source}), flush=True)
+    return 0 if result.summary["passed"] else 1
+
+
+def _parity_all(args, given: dict, text: str, source: str) -> int:
+    """Every cell x optimiser x clip mode not given: a row and a JSON line each, then a
+    summary line. Exit code."""
+    from torch_baselines import parity
 
     axes = {"cell": CELL_NAMES, "optimizer": OPTIMIZERS, "clip": CLIPS}
     axes = {name: [given.pop(name)] if name in given else values
@@ -105,10 +118,9 @@ def parity_main(argv=None):
         config = parity.parity_config(args.preset, cell=cell, optimizer=optimizer, clip=clip,
                                       **given)
         set_x64(config)
-        result = parity.run_parity(config, text, init_in=args.init_in,
-                                   argmax_sample=args.argmax_sample, threshold=args.threshold,
-                                   sensitivity=args.sensitivity)
-        summary = result.summary
+        summary = parity.run_parity(config, text, init_in=args.init_in,
+                                    argmax_sample=args.argmax_sample, threshold=args.threshold,
+                                    sensitivity=args.sensitivity).summary
         summaries.append(summary)
         print(ROW.format(**summary, verdict="ok" if summary["passed"] else "FAIL")
               + (f" {summary['self_sensitivity']:>12.3e}" if args.sensitivity else ""),
@@ -121,7 +133,7 @@ def parity_main(argv=None):
         "max_abs_param_diff": max(s["max_abs_param_diff"] for s in summaries),
         "steps": summaries[0]["steps"], "dtype": summaries[0]["dtype"],
         "threshold": summaries[0]["threshold"], "data": source}))
-    sys.exit(1 if failed else 0)
+    return 1 if failed else 0
 
 
 @cli_main

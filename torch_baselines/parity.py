@@ -117,108 +117,140 @@ def run_parity(config, text: str, *, init_in: str = "jax", argmax_sample: int = 
     import jax.numpy as jnp
 
     from jaxrnn import data as data_lib
-    from jaxrnn.errors import UserError
-    from jaxrnn.sampling import generate
     from jaxrnn.train import Trainer
 
-    if config.model != "charlm":
-        raise UserError(f"parity runs the charlm model, not {config.model}")
-    if config.dropout:
-        raise UserError("parity needs --dropout 0: the frameworks draw different dropout masks")
-    if init_in not in ("jax", "torch"):
-        raise UserError(f"init_in must be jax or torch, got {init_in!r}")
-    require_x64(config)
+    _check_config(config, init_in)
     threshold = PARITY_THRESHOLD[config.dtype] if threshold is None else threshold
     vocab = data_lib.Vocab.from_text(text)
     train_tokens, _ = data_lib.split_by_position(vocab.encode(text), config.val_frac)
     trainer = Trainer.create(config, len(vocab), len(train_tokens))
+    state, module = _equal_weights(config, trainer, len(vocab), init_in)
+    windows = data_lib.StreamLayout(len(train_tokens), config.batch_size,
+                                    config.seq_len).windows_per_epoch
+    device_tokens = jnp.asarray(train_tokens)
+
+    torch_trainer = TorchTrainer(config, module, windows)
+    torch_metrics, resets, torch_halted_at = _train_torch(
+        torch_trainer, _batch_function(trainer, state.rng), device_tokens, config.steps)
+    bumped_state = _bumped(state, trainer, config.seed) if sensitivity else None
+    # jax: the real training code, all steps in one jitted call (the state is donated)
+    state, metrics = trainer.jit_train_chunk(state, device_tokens, config.steps)
+    metrics = jax.device_get(metrics)
+
+    summary = _compare(config, trainer, state, metrics, torch_trainer, torch_metrics)
+    summary.update(init_in=init_in, state_resets=int(resets), threshold=threshold,
+                   halted_at={"jax": int(state.halted_at), "torch": torch_halted_at})
+    if sensitivity:
+        _, bumped_metrics = trainer.jit_train_chunk(bumped_state, device_tokens, config.steps)
+        summary["self_sensitivity"] = _largest(np.abs(
+            np.asarray(bumped_metrics["loss"], np.float64) - metrics["loss"]))
+    passed = bool(summary["max_abs_loss_diff"] <= threshold) and \
+        summary["halted_at"] == {"jax": -1, "torch": -1}
+    if argmax_sample:
+        same, ids = _argmax_samples(trainer, state.params, train_tokens[:8], argmax_sample)
+        summary.update(argmax_sample_identical=same,
+                       argmax_sample=vocab.decode(train_tokens[:8]) + vocab.decode(ids))
+        passed = passed and same
+    summary["passed"] = passed
+    done = len(torch_metrics)  # steps both frameworks took (fewer if torch hit a non-finite)
+    return ParityResult(summary, np.asarray(metrics["loss"], np.float64)[:done],
+                        np.array([m["loss"] for m in torch_metrics]))
+
+
+def _check_config(config, init_in: str) -> None:
+    from jaxrnn.errors import UserError
+
+    if config.model != "charlm":
+        raise UserError(f"parity runs the charlm model, not {config.model}", fields=("model",))
+    if config.dropout:
+        raise UserError("parity needs dropout 0: the frameworks draw different dropout masks",
+                        fields=("dropout",))
+    if init_in not in ("jax", "torch"):
+        raise UserError(f"init_in must be jax or torch, got {init_in!r}", fields=("init_in",))
+    require_x64(config)
+
+
+def _equal_weights(config, trainer, vocab_size: int, init_in: str):
+    """(jaxrnn TrainState, TorchCharLM) with equal weights, made in `init_in`'s framework."""
     state = trainer.init_state()
     if init_in == "torch":
         torch.manual_seed(config.seed)
-        module = TorchCharLM.from_config(config, len(vocab))
+        module = TorchCharLM.from_config(config, vocab_size)
         _, params = charlm_from_torch(module)
-        state = state._replace(params=params, opt_state=trainer.optimizer.init(params))
-    else:
-        module = charlm_to_torch(state.params, trainer.model)
-    windows = data_lib.StreamLayout(len(train_tokens), config.batch_size,
-                                    config.seq_len).windows_per_epoch
-    batch = _batch_function(trainer, state.rng)
-    device_tokens = jnp.asarray(train_tokens)
-    steps = config.steps
+        return state._replace(params=params, opt_state=trainer.optimizer.init(params)), module
+    return state, charlm_to_torch(state.params, trainer.model)
 
-    # torch
-    torch_trainer = TorchTrainer(config, module, windows)
-    torch_metrics, resets, torch_halted_at = [], 0, -1
+
+def _train_torch(torch_trainer, batch, device_tokens, steps: int):
+    """`steps` torch steps on jaxrnn's batches: (metrics per step, resets, halted_at or -1)."""
+    torch_metrics, resets = [], 0
     for _ in range(steps):
         inputs, targets, reset = batch(device_tokens, torch_trainer.step)
         resets += reset
         try:
             torch_metrics.append(torch_trainer.train_step(inputs, targets, reset))
         except FloatingPointError:  # on_nonfinite="stop"; jaxrnn halts at the same step
-            torch_halted_at = torch_trainer.step
-            break
+            return torch_metrics, resets, torch_trainer.step
+    return torch_metrics, resets, -1
 
-    if sensitivity:  # made before the call below donates `state`
-        rng = np.random.default_rng(config.seed)
-        bumped = jax.tree.map(lambda p: np.where(rng.random(p.shape) < 0.5,
-                                                 np.nextafter(np.asarray(p), np.inf),
-                                                 np.asarray(p)), state.params)
-        bumped_state = jax.tree.map(jnp.array, state._replace(
-            params=bumped, opt_state=trainer.optimizer.init(bumped)))
 
-    # jax: the real training code, all steps in one jitted call (the state is donated)
-    state, metrics = trainer.jit_train_chunk(state, device_tokens, steps)
-    metrics = jax.device_get(metrics)
+def _bumped(state, trainer, seed: int):
+    """The state with a random half of the parameters' elements moved one ulp up (made before
+    the jitted call donates `state`)."""
+    import jax
+    import jax.numpy as jnp
 
-    done = len(torch_metrics)  # steps both frameworks took (fewer if torch hit a non-finite)
-    jax_losses = np.asarray(metrics["loss"], np.float64)[:done]
-    torch_losses = np.array([m["loss"] for m in torch_metrics])
-    grad_norm_diff = np.abs(np.asarray(metrics["grad_norm"], np.float64)[:done] -
-                            [m["grad_norm"] for m in torch_metrics])
-    lr_diff = np.abs(np.asarray(metrics["lr"], np.float64)[:done] -
-                     [m["lr"] for m in torch_metrics])
-    torch_params = {k: v.detach().numpy() for k, v in module.state_dict().items()}
-    jax_carry = jax.tree.leaves(state.carry)
-    torch_carry = list(torch_trainer.carry) if isinstance(torch_trainer.carry, tuple) else \
-        [torch_trainer.carry]
+    rng = np.random.default_rng(seed)
+    bumped = jax.tree.map(lambda p: np.where(rng.random(p.shape) < 0.5,
+                                             np.nextafter(np.asarray(p), np.inf),
+                                             np.asarray(p)), state.params)
+    return jax.tree.map(jnp.array, state._replace(params=bumped,
+                                                  opt_state=trainer.optimizer.init(bumped)))
+
+
+def _compare(config, trainer, state, metrics, torch_trainer, torch_metrics) -> dict:
+    """The summary figures: per-step loss / grad-norm / lr differences, final parameters and
+    carried state, and the run's settings."""
+    import jax
+
+    done = len(torch_metrics)
+
+    def diff(name):
+        return np.abs(np.asarray(metrics[name], np.float64)[:done] -
+                      [m[name] for m in torch_metrics])
+
+    torch_params = {k: v.detach().numpy() for k, v in torch_trainer.module.state_dict().items()}
+    torch_carry = torch_trainer.carry
+    torch_carry = list(torch_carry) if isinstance(torch_carry, tuple) else [torch_carry]
     carry_diff = _largest([float(np.max(np.abs(np.asarray(a) - b.numpy())))
-                           for a, b in zip(jax_carry, torch_carry) if b is not None])
-    loss_diff = np.abs(jax_losses - torch_losses)
-    summary = {
-        "max_abs_loss_diff": _largest(loss_diff),
+                           for a, b in zip(jax.tree.leaves(state.carry), torch_carry)
+                           if b is not None])
+    return {
+        "max_abs_loss_diff": _largest(diff("loss")),
         "max_abs_param_diff": _max_abs_diff(charlm_state_dict(state.params, trainer.model),
                                             torch_params),
         "max_abs_carry_diff": carry_diff,
-        "max_abs_grad_norm_diff": _largest(grad_norm_diff),
-        "max_abs_lr_diff": _largest(lr_diff),
-        "steps": steps, "cell": config.cell, "num_layers": config.num_layers,
+        "max_abs_grad_norm_diff": _largest(diff("grad_norm")),
+        "max_abs_lr_diff": _largest(diff("lr")),
+        "steps": config.steps, "cell": config.cell, "num_layers": config.num_layers,
         "optimizer": config.optimizer, "clip": config.clip, "clip_value": config.clip_value,
         "dtype": config.dtype, "lr": config.lr, "schedule": config.schedule,
         "hidden_size": config.hidden_size, "embedding_size": config.embedding_size,
         "batch_size": config.batch_size, "seq_len": config.seq_len, "seed": config.seed,
-        "init_in": init_in,
         "first_loss": float(metrics["loss"][0]), "last_loss": float(metrics["loss"][-1]),
-        "clipped_steps": sum(m["clipped"] for m in torch_metrics), "state_resets": int(resets),
+        "clipped_steps": sum(m["clipped"] for m in torch_metrics),
         "nonfinite_steps": sum(not m["finite"] for m in torch_metrics),
-        "halted_at": {"jax": int(state.halted_at), "torch": torch_halted_at},
-        "threshold": threshold,
     }
-    if sensitivity:
-        _, bumped_metrics = trainer.jit_train_chunk(bumped_state, device_tokens, steps)
-        summary["self_sensitivity"] = _largest(np.abs(
-            np.asarray(bumped_metrics["loss"], np.float64) - metrics["loss"]))
-    passed = bool(summary["max_abs_loss_diff"] <= threshold) and \
-        summary["halted_at"] == {"jax": -1, "torch": -1}
-    if argmax_sample:
-        prime = train_tokens[:8]
-        jax_ids = np.asarray(generate(trainer.model, state.params, jnp.asarray(prime[None]),
-                                      jax.random.key(0), 1.0, length=argmax_sample,
-                                      argmax=True))[0]
-        torch_ids = sample_ids(charlm_to_torch(state.params, trainer.model), prime,
-                               argmax_sample, argmax=True)
-        same = bool(np.array_equal(jax_ids, torch_ids))
-        summary.update(argmax_sample_identical=same,
-                       argmax_sample=vocab.decode(prime) + vocab.decode(jax_ids))
-        passed = passed and same
-    summary["passed"] = passed
-    return ParityResult(summary, jax_losses, torch_losses)
+
+
+def _argmax_samples(trainer, params, prime, length: int):
+    """Greedy samples of both frameworks from jaxrnn's weights: (identical, jaxrnn's ids)."""
+    import jax
+    import jax.numpy as jnp
+
+    from jaxrnn.sampling import generate
+
+    jax_ids = np.asarray(generate(trainer.model, params, jnp.asarray(prime[None]),
+                                  jax.random.key(0), 1.0, length=length, argmax=True))[0]
+    torch_ids = sample_ids(charlm_to_torch(params, trainer.model), prime, length, argmax=True)
+    return bool(np.array_equal(jax_ids, torch_ids)), jax_ids
