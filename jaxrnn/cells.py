@@ -67,6 +67,11 @@ class Cell:
       unslab: optional slab_t [..., G*H] -> what `recur` reads.
       fast: optional (params, slab [T, B, G*H], carry0, reverse, unroll) -> (ys, carry_T).
       kernel: optional fused `jaxrnn.kernels.Kernel` of the same.
+      parallel: optional (params, slab [T, B, G*H], carry0, reverse, mask) -> (ys, carry_T),
+        a parallel-in-time form (an associative scan) with the reference's mask semantics
+        (mask <bool>[T, B] or None); what impl="parallel" (and "auto") runs.
+      param_shapes: optional (input_size, hidden_size, bias) -> {name: shape}, for a cell with
+        `num_gates` whose parameters are not PyTorch's four (e.g. minGRU: no weight_hh).
     """
 
     name: str
@@ -81,6 +86,8 @@ class Cell:
     unslab: Callable[[jax.Array], Any] | None = None
     fast: Callable | None = None
     kernel: Kernel | None = None
+    parallel: Callable | None = None
+    param_shapes: Callable[[int, int, bool], dict] | None = None
 
     @property
     def takes_slab(self) -> bool:

@@ -36,7 +36,11 @@ from jaxrnn import cells as cells_lib
 from jaxrnn import fast as fast_lib
 from jaxrnn.packing import sequence_mask
 
-IMPLS = ("auto", "reference", "fast", "kernel")
+# The ways to evaluate a layer. "parallel": the cell's own parallel-in-time form (minGRU,
+# minLSTM); the Newton solvers (`jaxrnn.newton`) evaluate any cell's recurrence in parallel.
+NEWTON_METHODS = ("deer", "quasi-deer", "elk", "quasi-elk")
+IMPLS = ("auto", "reference", "fast", "kernel", "parallel") + NEWTON_METHODS
+MASKED_IMPLS = ("reference", "parallel") + NEWTON_METHODS  # the impls that take lengths
 
 
 def run_direction(cell: cells_lib.Cell, params, xs, carry0, *, reverse=False, mask=None,
@@ -122,9 +126,12 @@ class LayerPlan:
     fallback: str = "reference"
 
     def for_call(self, cell: cells_lib.Cell, dtype, masked: bool) -> str:
-        """The implementation of one call: `unmasked`, or the masked reference, or, for a
-        dtype the kernel does not compute in, the fallback (an error if asked for by name)."""
+        """The implementation of one call: `unmasked`, or with lengths the masked reference
+        (or the impl itself, if it takes lengths), or, for a dtype the kernel does not
+        compute in, the fallback (an error if asked for by name)."""
         if masked:
+            if self.unmasked in MASKED_IMPLS:
+                return self.unmasked
             if self.requested in ("fast", "kernel"):
                 raise ValueError(f"impl={self.requested!r} runs layers without lengths only; "
                                  f"use impl='auto' or 'reference' with lengths")
@@ -143,6 +150,17 @@ def resolve_plan(cell: cells_lib.Cell, impl: str, unroll: int, kernel_parts: int
     fallback = "fast" if cell.fast is not None else "reference"
     if impl == "reference":
         return LayerPlan("reference", impl, unroll, kernel_parts)
+    if impl == "parallel" or (impl == "auto" and cell.parallel is not None):
+        if cell.parallel is None:
+            raise ValueError(f"impl='parallel': cell {cell.name!r} has no parallel-in-time "
+                             f"form (the Newton solvers {', '.join(NEWTON_METHODS)} evaluate "
+                             f"any cell in parallel)")
+        return LayerPlan("parallel", impl, unroll, kernel_parts)
+    if impl in NEWTON_METHODS:
+        if not cell.takes_slab:
+            raise ValueError(f"impl={impl!r}: cell {cell.name!r} needs num_gates, slab_bias, "
+                             f"unslab and recur for the Newton solvers")
+        return LayerPlan(impl, impl, unroll, kernel_parts)
     if impl == "fast":
         if cell.fast is None:
             raise ValueError(f"impl='fast': cell {cell.name!r} has no fast recurrence")
@@ -190,6 +208,7 @@ class Recurrent:
     impl: str = "auto"
     unroll: int = 1
     kernel_parts: int = 0
+    solver: Any = None  # jaxrnn.newton.SolverOptions for the Newton impls (None: defaults)
     plan: LayerPlan = dataclasses.field(init=False, compare=False)
 
     def __post_init__(self):
@@ -248,6 +267,9 @@ class Recurrent:
             for d, p in enumerate(directions):
                 if expected is not None:
                     want = jax.tree.map(lambda a: a.shape, expected[layer][d])
+                elif self.cell.param_shapes is not None:
+                    want = self.cell.param_shapes(self.layer_input_size(layer),
+                                                  self.hidden_size, self.bias)
                 else:
                     want = self._gated_shapes(layer)
                 if not isinstance(p, dict) or set(p) != set(want):
@@ -375,6 +397,13 @@ class Recurrent:
             slab = fast_lib.input_slab(params, xs, cell.slab_bias(params))
         if impl == "kernel":
             return cell.kernel.run(params, slab, carry0, reverse, plan.kernel_parts)
+        if impl == "parallel":
+            return cell.parallel(params, slab, carry0, reverse, mask)
+        if impl in NEWTON_METHODS:
+            from jaxrnn import newton  # the solvers import the engine's reference scan
+
+            return newton.solve(cell, params, slab, carry0, reverse=reverse, mask=mask,
+                                method=impl, options=self.solver)
         return cell.fast(params, slab, carry0, reverse, plan.unroll)
 
     def _run_layers(self, params, x, projected0, hx, mask, key, impl):

@@ -48,7 +48,7 @@ def _params(rnn: Recurrent):
     (dict(dropout=1.0), r"dropout must be in \[0, 1\), got 1.0"),
     (dict(dropout=-0.1), r"dropout must be in \[0, 1\), got -0.1"),
     (dict(impl="cuda"), r"impl must be one of 'auto', 'reference', 'fast', 'kernel', "
-                        r"got 'cuda'"),
+                        r"'parallel', 'deer', 'quasi-deer', 'elk', 'quasi-elk', got 'cuda'"),
     (dict(unroll=0), r"unroll must be a positive integer, got 0"),
     (dict(kernel_parts=-1), r"kernel_parts must be 0 or a positive integer, got -1"),
 ])
