@@ -135,3 +135,29 @@ def test_a_run_directory_of_the_old_layout_resumes(small_text, tmp_path):
     result = train_and_evaluate(config, str(path), str(tmp_path / "run"), progress=False)
     assert int(result.state.step) == 10
     assert json.loads(config_path.read_text())["cell"] == "rnn_tanh"
+
+
+def test_a_different_text_with_the_same_vocabulary_is_refused(small_text, tmp_path):
+    """corpus.json records the text's sha256: resuming on another text (here the same
+    characters in another order, so the vocabulary alone cannot tell) is refused, and a run
+    directory without corpus.json (written before it existed) resumes and gets one."""
+    import json
+
+    from jaxrnn.errors import UserError
+
+    first, second = tmp_path / "a.txt", tmp_path / "b.txt"
+    first.write_text(small_text)
+    second.write_text(small_text[::-1])
+    config = tiny_config(steps=10, eval_every=5, checkpoint_every=5, schedule="constant")
+    run = tmp_path / "run"
+    train_and_evaluate(dataclasses.replace(config, steps=5), str(first), str(run),
+                       progress=False)
+    recorded = json.loads((run / "corpus.json").read_text())
+    assert recorded["bytes"] == first.stat().st_size
+    with pytest.raises(UserError, match="trained on a different text") as refused:
+        train_and_evaluate(config, str(second), str(run), progress=False)
+    assert set(refused.value.fields) >= {"workdir", "overwrite"}
+    (run / "corpus.json").unlink()  # as a run directory of the old layout
+    result = train_and_evaluate(config, str(first), str(run), progress=False)
+    assert int(result.state.step) == 10
+    assert json.loads((run / "corpus.json").read_text()) == recorded
