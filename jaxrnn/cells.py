@@ -250,7 +250,14 @@ LSTM = Cell("lstm", gated_init(4), _lstm_step, _zero_hc, _lstm_project, _lstm_re
 GRU = Cell("gru", gated_init(3), _gru_step, _zero_h, _gru_project, _gru_recur, 1,
            3, fast.gru_slab_bias, _gate_splitter(3), fast.gru_fast)
 
-CELLS: dict[str, Cell] = {c.name: c for c in (RNN_TANH, RNN_RELU, LSTM, GRU)}
+# minGRU and minLSTM (jaxrnn.mincells, which imports nothing from here when it loads): no
+# weight_hh, and a parallel-in-time form (an associative scan) that impl="auto" runs.
+from jaxrnn import mincells as _mincells  # noqa: E402
+
+MINGRU = _mincells.build_cell("mingru")
+MINLSTM = _mincells.build_cell("minlstm")
+
+CELLS: dict[str, Cell] = {c.name: c for c in (RNN_TANH, RNN_RELU, LSTM, GRU, MINGRU, MINLSTM)}
 assert tuple(CELLS) == tuple(NUM_GATES), "jaxrnn.names lists the built-in cells"
 
 

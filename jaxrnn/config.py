@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 
 from jaxrnn.errors import UserError
 from jaxrnn.names import CELL_NAMES, canonical_cell
 
-CELLS = CELL_NAMES  # the cells a Config may name: rnn_tanh, rnn_relu, lstm, gru
-MODELS = ("charlm", "tutorial-rnn", "tutorial-lstm")
+CELLS = CELL_NAMES  # the cells a Config may name (jaxrnn.names)
+MODELS = ("charlm", "tutorial-rnn", "tutorial-lstm", "minlm")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -28,16 +29,46 @@ class TutorialOptions:
 
 
 @dataclasses.dataclass(frozen=True)
+class MinLMOptions:
+    """Options that only model="minlm" (`jaxrnn.minlm.MinLM`) reads. Its number of blocks is
+    `Config.num_layers` and its cell `Config.cell` (mingru | minlstm); `hidden_size` and
+    `embedding_size` are CharLM's and not read by it."""
+
+    dim: int = 256                 # D, the residual stream's (and the embedding's) width
+    expansion: float = 1.5         # the minRNN's width H = round(dim * expansion)
+    conv_size: int = 4             # causal depthwise conv taps before the minRNN (0: none)
+    mlp_mult: int = 4              # the MLP's width = dim * mlp_mult
+    norm: str = "rms"              # rms (RMSNorm, learned scale) | layer (LayerNorm)
+
+    def __post_init__(self):
+        if self.norm not in ("rms", "layer"):
+            raise UserError(f"norm must be one of rms, layer; got {self.norm!r}",
+                            fields=("norm",))
+        for name in ("dim", "mlp_mult"):
+            if getattr(self, name) < 1:
+                raise UserError(f"{name} must be at least 1; got {getattr(self, name)}",
+                                fields=(name,))
+        if self.conv_size < 0:
+            raise UserError(f"conv_size must be 0 or more; got {self.conv_size}",
+                            fields=("conv_size",))
+        if not (math.isfinite(self.expansion) and round(self.dim * self.expansion) >= 1):
+            raise UserError(f"expansion must be finite and make round(dim * expansion) at "
+                            f"least 1; got {self.expansion} (dim {self.dim})",
+                            fields=("expansion",))
+
+
+@dataclasses.dataclass(frozen=True)
 class Config:
     """Everything that defines a training run. Defaults are the `default` preset's."""
 
     # model
-    model: str = "charlm"          # charlm | tutorial-rnn | tutorial-lstm (the tutorial's ports)
-    cell: str = "lstm"             # rnn_tanh | rnn_relu | lstm | gru (jaxrnn.names)
+    model: str = "charlm"          # charlm | tutorial-rnn | tutorial-lstm | minlm (Config.minlm)
+    cell: str = "lstm"             # rnn_tanh | rnn_relu | lstm | gru (jaxrnn.names); mingru |
+                                   # minlstm (jaxrnn.mincells, model minlm)
     hidden_size: int = 256
-    num_layers: int = 2
+    num_layers: int = 2            # minlm: its number of residual blocks
     embedding_size: int = 64       # 0: one-hot input, as char-rnn and the tutorial
-    dropout: float = 0.1           # between layers and before the head
+    dropout: float = 0.1           # between layers and before the head (minlm: its branches)
     init: str = "pytorch"          # pytorch: U(±1/sqrt(H)) | char-rnn: U(±0.08), forget bias 1
     # data
     val_frac: float = 0.05         # char-rnn's 95/5 split by position
@@ -74,6 +105,7 @@ class Config:
     dtype: str = "float32"         # float32 | float64
     # sections: options that only some models read
     tutorial: TutorialOptions = TutorialOptions()
+    minlm: MinLMOptions = MinLMOptions()
 
     def __post_init__(self):
         self.validate()
@@ -147,7 +179,7 @@ class Config:
 
 # Config fields that are sections: name -> its dataclass. Their fields' names are unique among
 # all fields (sections included), so a field's name alone says which option it is.
-SECTIONS: dict[str, type] = {"tutorial": TutorialOptions}
+SECTIONS: dict[str, type] = {"tutorial": TutorialOptions, "minlm": MinLMOptions}
 assert not {f.name for s in SECTIONS.values() for f in dataclasses.fields(s)} & \
     {f.name for f in dataclasses.fields(Config)}, "a section's field shadows a Config field"
 
@@ -198,6 +230,12 @@ PRESETS: dict[str, dict] = {
     # The tutorial's online loop: 25-character chunks, SGD 0.01, clip ±5, summed NLL.
     "tutorial-rnn": dict(_TUTORIAL, model="tutorial-rnn", cell="rnn_tanh"),
     "tutorial-lstm": dict(_TUTORIAL, model="tutorial-lstm", cell="lstm"),
+    # Feng et al.'s minGRU LM: residual blocks of conv -> minGRU -> proj and an MLP, sized
+    # for about 10 CPU minutes like the default preset (jaxrnn.minlm).
+    "minlm": dict(model="minlm", cell="mingru", num_layers=2, dropout=0.1, seq_len=128,
+                  batch_size=64, lr=2e-3, warmup_steps=100, steps=1000, eval_every=250,
+                  checkpoint_every=500,
+                  minlm=dict(dim=192, expansion=1.5, conv_size=4, mlp_mult=4, norm="rms")),
 }
 
 

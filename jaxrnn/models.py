@@ -8,6 +8,7 @@ A new model plugs in by adding its constructor here (and its name to `config.MOD
 from __future__ import annotations
 
 from jaxrnn.config import Config
+from jaxrnn.minlm import MinLM
 from jaxrnn.model import CharLM
 from jaxrnn.tutorial import TutorialLM
 
@@ -15,6 +16,7 @@ MODELS = {
     "charlm": CharLM.from_config,
     "tutorial-rnn": TutorialLM.from_config,   # the tutorial's Part 1 RNN
     "tutorial-lstm": TutorialLM.from_config,  # the tutorial's Part 2 LSTM
+    "minlm": MinLM.from_config,               # minGRU / minLSTM residual blocks (Feng et al.)
 }
 
 

@@ -103,8 +103,8 @@ def case_table(d):
         "--dropout 1": (train(text, work / "o", "--dropout", "1"), 2,
                         ["--dropout must be in [0, 1); got 1.0"]),
         "unknown cell": (train(text, work / "r", "--cell", "transformer"), 2,  # jaxrnn.names
-                         ["--cell must be one of rnn_tanh, rnn_relu, lstm, gru; "
-                          "got 'transformer'"]),
+                         ["--cell must be one of rnn_tanh, rnn_relu, lstm, gru, mingru, "
+                          "minlstm; got 'transformer'"]),
         "unknown preset": (train(text, work / "s", "--preset", "huge"), 2,
                            ["unknown preset 'huge'; choose one of default, char-rnn"]),
         "unknown flag (argparse)": (train(text, work / "t", "--hidden-sise", "32"), 2,

@@ -16,7 +16,7 @@ import sys
 
 from jaxrnn.cli import (add_config_flags, add_text_flags, cli_main, config_from_args,
                         config_overrides, make_parser, set_x64)
-from jaxrnn.names import CELL_NAMES
+from jaxrnn.names import TORCH_CELLS
 
 OPTIMIZERS = ("adam", "rmsprop", "sgd")
 CLIPS = ("none", "elementwise", "norm")
@@ -109,7 +109,7 @@ def _parity_all(args, given: dict, text: str, source: str) -> int:
     summary line. Exit code."""
     from torch_baselines import parity
 
-    axes = {"cell": CELL_NAMES, "optimizer": OPTIMIZERS, "clip": CLIPS}
+    axes = {"cell": TORCH_CELLS, "optimizer": OPTIMIZERS, "clip": CLIPS}
     axes = {name: [given.pop(name)] if name in given else values
             for name, values in axes.items()}
     print(HEADER + (f" {'self-sens.':>12}" if args.sensitivity else ""), flush=True)

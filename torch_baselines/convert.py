@@ -14,7 +14,8 @@ lists over directions of dicts:
 
 with G = 1 (RNN), 4 (LSTM, gates i, f, g, o) or 3 (GRU, gates r, z, n), I_0 = input_size and
 I_k = D * H for k > 0 (D = 2 if bidirectional). `nn.RNN(nonlinearity="tanh" | "relu")` maps to
-mode "rnn_tanh" | "rnn_relu". `nn.LSTM(proj_size > 0)` has no jaxrnn counterpart and is refused.
+mode "rnn_tanh" | "rnn_relu". `nn.LSTM(proj_size > 0)` has no jaxrnn counterpart and is refused,
+and jaxrnn's "mingru" / "minlstm" (`jaxrnn.mincells`) have no PyTorch counterpart and are refused.
 
 Dtypes are kept: a float64 module gives float64 jax arrays (this needs `jax_enable_x64`; without
 it, pass `dtype=jnp.float32` to convert explicitly instead of truncating silently).
@@ -39,7 +40,7 @@ import numpy as np
 import torch
 
 from jaxrnn.engine import Recurrent
-from jaxrnn.names import NUM_GATES
+from jaxrnn.names import NUM_GATES, TORCH_CELLS
 from torch_baselines.model import RNN_CLASSES, TORCH_DTYPES, TorchCharLM
 
 _PARAM_NAMES = ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
@@ -53,9 +54,14 @@ def torch_key(name: str, layer: int, direction: int) -> str:
 
 
 def expected_shapes(rnn: Recurrent) -> dict[str, tuple[int, ...]]:
-    """PyTorch state_dict key -> shape, for a `Recurrent` with a built-in mode."""
-    if not isinstance(rnn.mode, str) or rnn.mode not in NUM_GATES:
-        raise ValueError(f"only the built-in modes {sorted(NUM_GATES)} have a PyTorch "
+    """PyTorch state_dict key -> shape, for a `Recurrent` whose mode has a PyTorch module
+    (`jaxrnn.names.TORCH_CELLS`); every conversion below checks through this."""
+    if isinstance(rnn.mode, str) and rnn.mode in NUM_GATES and rnn.mode not in TORCH_CELLS:
+        raise ValueError(f"mode {rnn.mode!r} has no PyTorch counterpart (no torch.nn module "
+                         f"computes it), so it does not convert; only the modes "
+                         f"{sorted(TORCH_CELLS)} do")
+    if not isinstance(rnn.mode, str) or rnn.mode not in TORCH_CELLS:
+        raise ValueError(f"only the built-in modes {sorted(TORCH_CELLS)} have a PyTorch "
                          f"counterpart, got mode {rnn.mode!r}")
     gates_hidden = NUM_GATES[rnn.mode] * rnn.hidden_size
     shapes = {}

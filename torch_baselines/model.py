@@ -16,14 +16,14 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from jaxrnn.names import NUM_GATES, canonical_cell
+from jaxrnn.names import TORCH_CELLS, canonical_cell
 
 # built-in cell name (jaxrnn.names) -> (torch module class, extra constructor arguments)
 RNN_CLASSES = {"rnn_tanh": (nn.RNN, {"nonlinearity": "tanh"}),
                "rnn_relu": (nn.RNN, {"nonlinearity": "relu"}),
                "lstm": (nn.LSTM, {}),
                "gru": (nn.GRU, {})}
-assert set(RNN_CLASSES) == set(NUM_GATES), "RNN_CLASSES must cover jaxrnn.names.NUM_GATES"
+assert set(RNN_CLASSES) == set(TORCH_CELLS), "RNN_CLASSES must cover jaxrnn.names.TORCH_CELLS"
 TORCH_DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
 

@@ -22,7 +22,8 @@ import torch
 
 from torch_baselines.convert import charlm_from_torch, charlm_state_dict, charlm_to_torch
 from torch_baselines.model import TorchCharLM
-from torch_baselines.training import TorchTrainer, _batch_function, require_x64, sample_ids
+from torch_baselines.training import (TorchTrainer, _batch_function, require_torch_model,
+                                      require_x64, sample_ids)
 
 # A small model and batch for parity runs: both branches of every clip mode act within a few
 # hundred steps, and on the built-in text an epoch is ~9 windows, so the state is reset often.
@@ -160,8 +161,7 @@ def run_parity(config, text: str, *, init_in: str = "jax", argmax_sample: int = 
 def _check_config(config, init_in: str) -> None:
     from jaxrnn.errors import UserError
 
-    if config.model != "charlm":
-        raise UserError(f"parity runs the charlm model, not {config.model}", fields=("model",))
+    require_torch_model(config)
     if config.dropout:
         raise UserError("parity needs dropout 0: the frameworks draw different dropout masks",
                         fields=("dropout",))

@@ -232,6 +232,19 @@ def sample_ids(module: TorchCharLM, prime, length: int, *, argmax: bool = False,
 # ---------------------------------------------------------------------------- data from jaxrnn
 
 
+def require_torch_model(config) -> None:
+    """Raises UserError unless the config's model and cell have a PyTorch twin here."""
+    from jaxrnn.errors import UserError
+    from jaxrnn.names import TORCH_CELLS
+
+    if config.model != "charlm":
+        raise UserError(f"the PyTorch side has the charlm model only, not {config.model}",
+                        fields=("model",))
+    if config.cell not in TORCH_CELLS:
+        raise UserError(f"cell {config.cell} has no PyTorch module; the PyTorch side has "
+                        f"{', '.join(TORCH_CELLS)}", fields=("cell",))
+
+
 def require_x64(config) -> None:
     """Raises UserError for a float64 config while jax_enable_x64 is off (x64 is the caller's)."""
     import jax
@@ -308,9 +321,7 @@ def train_torch(config, data_path: str, workdir: str, *, init_weights: str = "ja
     from jaxrnn.train import Trainer, sample_prime
     from torch_baselines.convert import charlm_to_torch
 
-    if config.model != "charlm":
-        raise UserError(f"train_torch trains the charlm model only, not {config.model}",
-                        fields=("model",))
+    require_torch_model(config)
     if init_weights not in ("jaxrnn", "torch"):
         raise UserError(f"init_weights must be jaxrnn or torch, got {init_weights!r}",
                         fields=("init_weights",))
