@@ -2,9 +2,10 @@
 
 The driver (`benchmarks.run`) starts one of these per (workload, peer), so that every peer
 starts with clean memory and thread pools and its peak RSS is its own. TASK_JSON holds:
-  kind      "train" | "sample" | "peak" (this machine's float32 matmul peak)
-  workload  a workload id (train: W1..W5; sample: S1-B1, S1-B64)
-  peer      jaxrnn | jaxrnn-default | torch | torch-loop | flax | autograd
+  kind      "train" | "sample" | "layer" (W7) | "peak" (this machine's float32 matmul peak)
+  workload  a workload id (train: W1..W5, W6-256..W6-16384; sample: S1-B1, S1-B64; layer: W7)
+  peer      jaxrnn | jaxrnn-default | jaxrnn-sequential | torch | torch-loop | torch-mingru |
+            flax | autograd | jax-cudnn (layer: jaxrnn)
   text      the text file, or null for the synthetic text
   repeat, budget_s, quick   see benchmarks.workloads.measure and --quick
   steps_per_call  optional: the jaxrnn peer's K instead of its FASTEST one
@@ -13,7 +14,12 @@ starts with clean memory and thread pools and its peak RSS is its own. TASK_JSON
             the "peak" task takes "auto" and reports the device it found
   tf32      on a GPU: float32 matmuls in TF32 (speed runs) or in full float32 (parity runs)
   out       where to write the result (JSON)
+  layer (W7) only: case ({"cell", "hidden_size", "seq_len", "batch_size", "runs"}),
+            budget_s (per measurement), time_left_s (W7's total budget left), max_iters,
+            history (the earlier cases' measurements, for the estimates)
 The result holds the raw per-step times and the losses; the driver turns them into a record.
+A layer task's result is {"version", "measurements": [...], "memory_limit_bytes"}, rewritten
+after every measurement, so that a case stopped midway keeps what it measured.
 """
 
 from __future__ import annotations
@@ -27,8 +33,8 @@ import numpy as np
 
 from benchmarks import workloads as wl
 
-JAX_PEERS = ("jaxrnn", "jaxrnn-default", "flax", "jax-cudnn")
-TORCH_PEERS = ("torch", "torch-loop")
+JAX_PEERS = ("jaxrnn", "jaxrnn-default", "jaxrnn-sequential", "flax", "jax-cudnn")
+TORCH_PEERS = ("torch", "torch-loop", "torch-mingru")
 
 
 def _setup(task: dict) -> str:
@@ -72,11 +78,11 @@ def run_train(task: dict) -> dict:
     common = dict(repeat=task["repeat"], budget_s=task["budget_s"],
                   warmup_blocks=0 if quick else 1)
     block_steps = workload.quick_block_steps if quick else workload.block_steps
-    if peer in ("jaxrnn", "jaxrnn-default"):
+    if peer in ("jaxrnn", "jaxrnn-default", "jaxrnn-sequential"):
         from benchmarks import peers_jax
 
         steps_per_call = workload.quick_block_steps if quick else None
-        if peer == "jaxrnn" and task.get("steps_per_call"):
+        if peer in ("jaxrnn", "jaxrnn-sequential") and task.get("steps_per_call"):
             steps_per_call = task["steps_per_call"]
         result = peers_jax.train_jaxrnn(workload, peer, tokens, vocab_size,
                                         steps_per_call=steps_per_call, **common)
@@ -134,6 +140,31 @@ def run_sample(task: dict) -> dict:
     result["ok"], result["check"] = wl.sample_check(result.pop("tokens"), vocab_size)
     result["length"] = length
     result["vocab_size"] = vocab_size
+    return result
+
+
+def run_layer(task: dict, version: str) -> dict:
+    """W7: one case's measurements (peers_jax.layer_case), the result file rewritten after
+    each one."""
+    from benchmarks import peers_jax
+
+    memory_limit = peers_jax.device_memory_limit()
+    result = {"version": version, "measurements": [], "memory_limit_bytes": memory_limit}
+
+    def write(measurements):
+        result["measurements"] = measurements
+        result["peak_rss_mib"] = wl.peak_rss_mib()
+        with open(task["out"] + ".tmp", "w") as f:
+            json.dump(result, f)
+        os.replace(task["out"] + ".tmp", task["out"])
+
+    quick = task["quick"]
+    peers_jax.layer_case(task["case"], repeat=task["repeat"], budget_s=task["budget_s"],
+                         warmup=0 if quick else 1,
+                         deadline=time.monotonic() + task["time_left_s"],
+                         max_iters=task["max_iters"], history=task.get("history", []),
+                         memory_limit=memory_limit, write=write)
+    write(result["measurements"])
     return result
 
 
@@ -227,6 +258,9 @@ def main(argv=None) -> None:
     if task["kind"] == "peak":
         result = matmul_peak(**({"size": 1024, "reps": 3} if task.get("quick") else {}),
                              device=task.get("device", "auto"), tf32=task.get("tf32", True))
+    elif task["kind"] == "layer":
+        run_layer(task, _setup(task))  # writes its own result file
+        return
     else:
         result = {"version": _setup(task)}
         result.update(run_train(task) if task["kind"] == "train" else run_sample(task))

@@ -1,17 +1,25 @@
 """Benchmark jaxrnn against its peers on the workloads of docs/WORKLOADS.md, side by side.
 
-  jaxrnn-bench [--workloads W1,W2,W3,W4,W5,S1]
-      [--peers jaxrnn,jaxrnn-default,torch,torch-loop,flax,autograd,jax-cudnn]
+  jaxrnn-bench [--workloads W1,W2,W3,W4,W5,S1,W6,W7]
+      [--peers jaxrnn,jaxrnn-default,jaxrnn-sequential,torch,torch-loop,torch-mingru,flax,
+               autograd,jax-cudnn]
       [--repeat N] [--budget SECONDS] [--json PATH] [--text PATH] [--quick] [--no-bracket]
       [--steps-per-call K] [--torch-threads N] [--device auto|cpu|gpu] [--tf32 on|off]
+      [--w7-grid default|full] [--w7-cells gru,lstm] [--w7-hidden 8,32] [--w7-seq-lens 1024]
+      [--w7-impls reference,auto,deer,...] [--w7-budget S] [--w7-total-budget S]
+      [--w7-max-iters N]
 
 Each peer runs in its own process. Prints a table (chars/s median [min-max] over the timed
 repetitions, ratio to torch, compile time, % of this machine's float32 matmul peak, peak RSS,
 the correctness check) and, with --json, writes the records (after every workload, so a run
 cut short keeps what it measured). On a GPU (--device auto finds one) torch is cuDNN, JAX runs
 on the GPU, and jax-cudnn (jax.experimental.rnn's cuDNN LSTM) joins the LSTM workloads. The
-full default run takes about 10-15 minutes on 2 cores. Method: benchmarks/__init__.py and
-BENCHMARKS.md. `python scripts/bench.py` is the same command.
+full default run (W1-W5, S1) takes about 10-15 minutes on 2 cores. W6 (minGRU over long
+windows: W6-256 ... W6-16384) and W7 (GRU / LSTM layers by every impl, the Newton solvers
+among them: ms per call and iterations) run only when named in --workloads; W7's default grid
+is a subset that takes about 10 minutes (--w7-grid full: the whole grid, for hours).
+Method: benchmarks/__init__.py and BENCHMARKS.md. `python scripts/bench.py` is the same
+command.
 """
 
 import argparse
@@ -26,11 +34,24 @@ def _list(text: str) -> list[str]:
     return [item.strip() for item in text.split(",") if item.strip()]
 
 
+def _ints(text: str) -> list[int]:
+    """'8,32' -> [8, 32]; a k suffix is 1024 ('16k' -> 16384, as W7's T)."""
+    out = []
+    for item in _list(text):
+        scale = 1024 if item[-1:] in ("k", "K") else 1
+        digits = item[:-1] if scale > 1 else item
+        if not digits.isdigit():
+            raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}")
+        out.append(int(digits) * scale)
+    return out
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--workloads", type=_list, default=list(wl.WORKLOAD_IDS),
-                        help=f"comma-separated, from {','.join(wl.WORKLOAD_IDS)} (default: all)")
+    parser.add_argument("--workloads", type=_list, default=list(wl.DEFAULT_WORKLOADS),
+                        help=f"comma-separated, from {','.join(wl.WORKLOAD_IDS)} or single ids "
+                             f"(W6-1024) (default: {','.join(wl.DEFAULT_WORKLOADS)})")
     parser.add_argument("--peers", type=_list, default=None,
                         help=f"comma-separated, from {','.join(bench.PEERS)} (default: all "
                              "that apply; jax-cudnn on a GPU only)")
@@ -61,6 +82,28 @@ def main(argv=None):
                              "runs, the default) or in full float32 (off: parity runs)")
     parser.add_argument("--timeout", type=float, default=bench.DEFAULT_TIMEOUT_S,
                         help="seconds before one peer's process is abandoned")
+    layers = parser.add_argument_group(
+        "W7", "the layer workload's grid and budgets (docs/WORKLOADS.md); --quick: H 8, T 256")
+    layers.add_argument("--w7-grid", choices=("default", "full"),
+                        help="default: H 8,32 and T 1024,16384, 30 s per measurement, 600 s in "
+                             "all (about 10 minutes on 2 cores); full: H 8,32,128 and T "
+                             "1024,16384,65536, 120 s per measurement, no total")
+    layers.add_argument("--w7-cells", type=_list, help=f"from {','.join(wl.LAYERS.cells)}")
+    layers.add_argument("--w7-hidden", type=_ints, help="hidden sizes, instead of the grid's")
+    layers.add_argument("--w7-seq-lens", type=_ints,
+                        help="sequence lengths (1024 or 1k), instead of the grid's")
+    layers.add_argument("--w7-impls", type=_list,
+                        help=f"from {','.join(wl.LAYERS.impls)} (default: all; the reference "
+                             "always runs first, the others are checked against it)")
+    layers.add_argument("--w7-budget", type=float,
+                        help="seconds per measurement: one estimated to take longer is skipped "
+                             "and recorded with its estimate")
+    layers.add_argument("--w7-total-budget", type=float,
+                        help="seconds for all of W7 (0: no total); what is left after it "
+                             "is skipped")
+    layers.add_argument("--w7-max-iters", type=int,
+                        help=f"the Newton solvers' most iterations before they fall back to the "
+                             f"sequential scan (default {wl.LAYERS.max_iters})")
     args = parser.parse_args(argv)
     for name in ("repeat", "steps_per_call", "torch_threads"):
         if getattr(args, name) is not None and getattr(args, name) < 1:
@@ -70,14 +113,20 @@ def main(argv=None):
             with open(args.json, "w") as f:
                 json.dump(records, f, indent=1)
 
+    layer_options = dict(grid=args.w7_grid, cells=args.w7_cells, hidden_sizes=args.w7_hidden,
+                         seq_lens=args.w7_seq_lens, impls=args.w7_impls,
+                         budget_s=args.w7_budget, total_budget_s=args.w7_total_budget,
+                         max_iters=args.w7_max_iters)
     try:
+        bench.layer_options(layer_options, args.quick)  # option errors before anything runs
         records = bench.run_benchmarks(args.workloads, args.peers, repeat=args.repeat,
                                        budget_s=args.budget, quick=args.quick, text=args.text,
                                        bracket_torch=args.bracket,
                                        steps_per_call=args.steps_per_call,
                                        torch_threads=args.torch_threads,
                                        timeout_s=args.timeout, device=args.device,
-                                       tf32=args.tf32 == "on", on_workload=save)
+                                       tf32=args.tf32 == "on", layers=layer_options,
+                                       on_workload=save)
     except (ValueError, FileNotFoundError) as e:
         parser.error(str(e))
     print()

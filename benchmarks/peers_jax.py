@@ -1,5 +1,7 @@
 """The JAX peers: `jaxrnn` (its fastest configuration), `jaxrnn-default` (what the training
-CLI runs), `flax` (flax.linen.RNN, jitted, optax), and jaxrnn's sampler for S1.
+CLI runs), `jaxrnn-sequential` (W6: the fastest configuration with impl="reference", the
+sequential lax.scan), `flax` (flax.linen.RNN, jitted, optax), jaxrnn's sampler for S1, and
+W7's layer measurements (`layer_case`).
 
 jaxrnn trains through `jaxrnn.train.Trainer`, exactly as `scripts/train.py` does: the jitted
 `train_chunk` runs K steps (`steps_per_call`) per call as one `lax.scan` and gathers each
@@ -35,8 +37,19 @@ FASTEST = {
     "W3": dict(model="charlm", steps_per_call=10),
     "W4": dict(model="charlm", steps_per_call=20),
     "W5": dict(model="charlm", steps_per_call=20),
+    # W6 (minGRU, B=16, state not carried): about 80k characters per call, at least one step;
+    # not tuned yet (re-measure on a quiet machine as above). jaxrnn-sequential runs the same.
+    "W6-256": dict(model="charlm", steps_per_call=20),
+    "W6-1024": dict(model="charlm", steps_per_call=5),
+    "W6-4096": dict(model="charlm", steps_per_call=2),
+    "W6-16384": dict(model="charlm", steps_per_call=1),
 }
 FASTEST_IMPL = "auto"
+# The minimal cells' (W6) impls: the parallel associative scan for `jaxrnn` (what "auto"
+# resolves to for them, named so that it cannot fall back silently), the sequential lax.scan
+# for `jaxrnn-sequential`.
+MIN_CELL_IMPL = "parallel"
+SEQUENTIAL_IMPL = "reference"
 
 
 # jax.monitoring events whose durations add up to trace + lower + compile
@@ -113,7 +126,9 @@ def jaxrnn_config(w: wl.Workload, peer: str, steps_per_call: int | None = None):
 
     jaxrnn-default: the CLI's defaults with the workload's fields; for W1, the CLI's own
     `tutorial-rnn` preset (the tutorial's model, which is W1), checked against the workload.
-    jaxrnn: FASTEST[w.id]. `steps_per_call`, if given, replaces either's K.
+    jaxrnn: FASTEST[w.id], impl="auto" (the minimal cells: "parallel"). jaxrnn-sequential:
+    the same config with impl="reference" (the sequential lax.scan). `steps_per_call`, if
+    given, replaces any one's K.
     """
     from jaxrnn.config import preset
 
@@ -133,7 +148,9 @@ def jaxrnn_config(w: wl.Workload, peer: str, steps_per_call: int | None = None):
     config = preset("default", **fields, **FASTEST[w.id])
     if steps_per_call:
         config = dataclasses.replace(config, steps_per_call=steps_per_call)
-    return config, FASTEST_IMPL
+    if peer == "jaxrnn-sequential":
+        return config, SEQUENTIAL_IMPL
+    return config, MIN_CELL_IMPL if w.cell in wl.MIN_CELLS else FASTEST_IMPL
 
 
 def train_jaxrnn(workload: wl.Workload, peer: str, tokens: np.ndarray, vocab_size: int, *,
@@ -170,7 +187,9 @@ def train_jaxrnn(workload: wl.Workload, peer: str, tokens: np.ndarray, vocab_siz
     cpu_kernel = rnn is not None and rnn.plan.unmasked == "kernel" and rnn.plan.for_call(
         rnn.cell, jnp.dtype(config.dtype), False) == "kernel"
     result["config"] = {"model": config.model, "impl": impl, "steps_per_call": K,
-                        "cpu_kernel": rnn.cell.name if cpu_kernel else "none"}
+                        "cpu_kernel": rnn.cell.name if cpu_kernel else "none",
+                        "layers": rnn.plan.unmasked if rnn is not None else "none",
+                        "carry_state": config.carry_state}
     return _compile_plus_first_step(result, compile_s[0])
 
 
@@ -350,3 +369,198 @@ def sample_jaxrnn(sampling: wl.SamplingWorkload, vocab_size: int, *, length: int
     result["config"] = {"sampler": "jaxrnn.sampling.generate (jit, lax.scan)"}
     result["compile_s_jax"] = compile_s[0]  # trace + compile; the child adds nothing to it
     return result
+
+
+# ---------------------------------------------------------------------------- W7: layers
+
+
+def _block(tree):
+    return jax.tree.map(lambda a: a.block_until_ready(), tree)
+
+
+def _memory_bytes(compiled) -> float | None:
+    """XLA's estimate of a compiled call's memory: arguments + outputs + temporaries."""
+    try:
+        stats = compiled.memory_analysis()
+    except Exception:  # noqa: BLE001 - not every backend / version reports it
+        return None
+    if stats is None:
+        return None
+    return float(stats.argument_size_in_bytes + stats.output_size_in_bytes
+                 + stats.temp_size_in_bytes - stats.alias_size_in_bytes)
+
+
+def device_memory_limit() -> float | None:
+    """wl.W7_MEMORY_FRACTION of the accelerator's memory, or of the host's on a CPU."""
+    if jax.default_backend() != "cpu":
+        stats = jax.devices()[0].memory_stats() or {}
+        if stats.get("bytes_limit"):
+            return wl.W7_MEMORY_FRACTION * stats["bytes_limit"]
+    return wl.memory_limit_bytes()
+
+
+def _max_abs_diff(a, b) -> float:
+    return float(max(jnp.max(jnp.abs(x - y)) for x, y in
+                     zip(jax.tree.leaves(a), jax.tree.leaves(b))))
+
+
+def _max_abs(a) -> float:
+    return float(max(jnp.max(jnp.abs(x)) for x in jax.tree.leaves(a)))
+
+
+def _all_finite(a) -> bool:
+    return all(bool(jnp.all(jnp.isfinite(x))) for x in jax.tree.leaves(a))
+
+
+# The W7 correctness check against impl="reference" on the same inputs: the output within
+# FORWARD_ATOL (GRU / LSTM outputs lie in (-1, 1); the Newton solves stop at a float32 residual
+# of 1e-5 relative), the gradients within GRADIENT_RTOL of the largest reference gradient.
+FORWARD_ATOL = 1e-3
+GRADIENT_RTOL = 1e-2
+
+
+def layer_case(case: dict, *, repeat: int, budget_s: float, warmup: int, deadline: float,
+               max_iters: int, history: list, memory_limit: float | None, write) -> list:
+    """W7: one case (cell, H, T, B) by every planned (impl, mode); returns the measurements.
+
+    Each measurement: the call jitted and compiled ahead of time (compile_s; XLA's memory
+    analysis, checked against `memory_limit`), timed by wl.measure_calls, checked against
+    impl="reference" (which runs first), and for a Newton impl's forward one more call through
+    jaxrnn.newton.diagnostics for the iterations, residual and convergence (the forward +
+    backward's forward solve is the same one: its record carries the same figures).
+    `write(measurements)` is called after each one, so a process stopped midway keeps them.
+
+    Args:
+      case: {"cell", "hidden_size", "seq_len", "batch_size", "runs": [{"impl", "mode",
+        "estimate_s"}, ...]} in order (reference first).
+      deadline: time.monotonic() after which the measurements left are skipped (W7's total
+        budget).
+      history: the driver's measurements of earlier cases (wl.estimate_layer's input); with
+        this case's own, each run's estimate is checked again just before it runs.
+    """
+    import time
+
+    from jaxrnn import Recurrent
+    from jaxrnn import newton
+
+    cell, hidden, steps, batch = (case["cell"], case["hidden_size"], case["seq_len"],
+                                  case["batch_size"])
+    keys = jax.random.split(jax.random.key(0), 3)
+    params = Recurrent(cell, hidden, hidden, impl="reference").init(keys[0])
+    x = jax.random.normal(keys[1], (steps, batch, hidden), jnp.float32)
+    cotangent = jax.random.normal(keys[2], (steps, batch, hidden), jnp.float32)
+    solver = newton.SolverOptions(max_iters=max_iters)
+    reference = {}
+    infos = {}
+    measurements = []
+    history = list(history)
+
+    def forward_fn(rnn):
+        return lambda p, x: rnn.apply(p, x)[0]
+
+    def forward_backward_fn(rnn):
+        def loss(p, x):
+            return jnp.vdot(rnn.apply(p, x)[0], cotangent)
+        return jax.value_and_grad(loss, argnums=(0, 1))
+
+    for run in case["runs"]:
+        impl, mode = run["impl"], run["mode"]
+        out = dict(impl=impl, mode=mode, estimate_s=run.get("estimate_s"))
+        measurements.append(out)
+        seconds, memory, source = wl.estimate_layer(history, cell, impl, mode, hidden, steps)
+        calls = wl.calls_per_measurement(impl, mode, repeat, warmup)
+        if time.monotonic() > deadline:
+            out.update(status="skipped", reason="W7's total time budget was spent")
+            write(measurements)
+            continue
+        if seconds is not None and seconds * calls > budget_s:
+            out.update(status="skipped", estimate_s=seconds,
+                       reason=f"estimated {seconds:.3g} s per call x {calls} calls > the "
+                              f"{budget_s:g} s budget (scaled from {source})")
+            history.append(dict(cell=cell, impl=impl, mode=mode, hidden_size=hidden,
+                                seq_len=steps, call_s=seconds, memory_bytes=memory,
+                                estimated=True))
+            write(measurements)
+            continue
+        try:
+            rnn = Recurrent(cell, hidden, hidden, impl=impl,
+                            solver=solver if impl in wl.NEWTON_IMPLS else None)
+            out["resolved"] = rnn.plan.for_call(rnn.cell, jnp.dtype(jnp.float32), False)
+            fn = forward_fn(rnn) if mode == "forward" else forward_backward_fn(rnn)
+            start = time.perf_counter()
+            compiled = jax.jit(fn).lower(params, x).compile()
+            out["compile_s"] = time.perf_counter() - start
+            out["memory_bytes"] = _memory_bytes(compiled)
+            if (out["memory_bytes"] is not None and memory_limit
+                    and out["memory_bytes"] > memory_limit):
+                out.update(status="skipped",
+                           reason=f"needs {out['memory_bytes'] / 2**30:.3g} GiB (XLA's memory "
+                                  f"analysis) > the {memory_limit / 2**30:.3g} GiB limit")
+                write(measurements)
+                continue
+            last = {}
+
+            def call():
+                last["value"] = _block(compiled(params, x))
+
+            timing = wl.measure_calls(call, repeat=repeat, budget_s=budget_s, warmup=warmup)
+            out["first_call_s"] = timing["first_call_s"]
+            if timing.get("over_budget"):
+                out.update(status="skipped", estimate_s=timing["first_call_s"],
+                           reason=f"its first call took {timing['first_call_s']:.3g} s: the "
+                                  f"timed calls would not fit in the {budget_s:g} s budget")
+                history.append(dict(cell=cell, impl=impl, mode=mode, hidden_size=hidden,
+                                    seq_len=steps, call_s=timing["first_call_s"],
+                                    memory_bytes=out["memory_bytes"]))
+                write(measurements)
+                continue
+            out.update(status="measured", call_times=timing["call_times"], reps=timing["reps"],
+                       **wl.ms_stats(timing["call_times"]))
+            history.append(dict(cell=cell, impl=impl, mode=mode, hidden_size=hidden,
+                                seq_len=steps, call_s=statistics.median(timing["call_times"]),
+                                memory_bytes=out["memory_bytes"]))
+            value = last.pop("value")
+            if mode == "forward+backward":
+                value = value[1]  # the gradients (params, x)
+            out["ok"], out["check"] = _layer_check(impl, mode, value, reference)
+            if impl == "reference":
+                reference[mode] = value
+            del value
+            if impl in wl.NEWTON_IMPLS:
+                if impl not in infos:
+                    start = time.perf_counter()
+                    diag = newton.diagnostics(rnn, params, x)
+                    out["diagnostics_s"] = time.perf_counter() - start
+                    infos[impl] = diag.layers[0][0]
+                    del diag
+                out.update(infos[impl]._asdict())
+                if out["fell_back"]:
+                    out["check"] += (f"; not converged in {out['iterations']} iterations "
+                                     f"(residual {out['residual']:.2g}): fell back to the "
+                                     f"sequential scan")
+        except Exception as e:  # noqa: BLE001 - one failed measurement does not stop the case
+            out.update(status="failed", ok=False, error=f"{type(e).__name__}: {e}"[:500])
+            out["check"] = out["error"]
+        out["peak_rss_mib"] = wl.peak_rss_mib()
+        write(measurements)
+    return measurements
+
+
+def _layer_check(impl: str, mode: str, value, reference: dict) -> tuple[bool, str]:
+    """Finite, and (but for the reference itself) close to impl="reference"'s on the same
+    inputs: forward within FORWARD_ATOL, gradients within GRADIENT_RTOL of the largest."""
+    if not _all_finite(value):
+        return False, "non-finite " + ("output" if mode == "forward" else "gradient")
+    if impl == "reference":
+        return True, "finite"
+    if mode not in reference:
+        return True, "finite (no reference run to compare with)"
+    error = _max_abs_diff(value, reference[mode])
+    if mode == "forward":
+        summary = f"max |y - y_ref| {error:.2g}"
+        return error <= FORWARD_ATOL, summary + ("" if error <= FORWARD_ATOL else
+                                                 f" > {FORWARD_ATOL:g}")
+    relative = error / max(_max_abs(reference[mode]), 1e-30)
+    summary = f"max |g - g_ref| / max |g_ref| {relative:.2g}"
+    return relative <= GRADIENT_RTOL, summary + ("" if relative <= GRADIENT_RTOL else
+                                                 f" > {GRADIENT_RTOL:g}")

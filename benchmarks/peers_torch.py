@@ -1,10 +1,13 @@
 """The PyTorch peers: `torch` (nn.LSTM / nn.GRU / nn.RNN), `torch-loop` (a Python loop over
-nn.LSTMCell / GRUCell / RNNCell, as the tutorial's batched RNN loops over time), and PyTorch's
-sampling loop for S1. Imports torch and NumPy, never JAX.
+nn.LSTMCell / GRUCell / RNNCell, as the tutorial's batched RNN loops over time), `torch-mingru`
+(W6: benchmarks.peers_mingru_torch, a log-space parallel minGRU), and PyTorch's sampling loop
+for S1. Imports torch and NumPy, never JAX.
 
-Both training peers run the same model as jaxrnn's CharLM: one-hot input, the recurrent
+The training peers run the same model as jaxrnn's CharLM: one-hot input, the recurrent
 layers, a linear head to the vocabulary, PyTorch's default initialisation, no dropout; the
-loss is F.cross_entropy (mean over B*T; W1: summed over T, divided by B).
+loss is F.cross_entropy (mean over B*T; W1: summed over T, divided by B). The minimal cells
+(W6's minGRU) have no torch module: there `torch` runs nn.GRU at the same H, B and T
+(wl.SCALE_CELL), for scale, and says so in its config and its `cell`.
 """
 
 from __future__ import annotations
@@ -87,7 +90,8 @@ def _detach(state):
 def train(workload: wl.Workload, peer: str, tokens: np.ndarray, vocab_size: int, *,
           block_steps: int, repeat: int, budget_s: float, warmup_blocks: int,
           device: str = "cpu") -> dict:
-    """Trains `peer` ("torch" or "torch-loop") on `workload`; returns wl.measure's dict.
+    """Trains `peer` ("torch", "torch-loop" or "torch-mingru") on `workload`; returns
+    wl.measure's dict, with the cell that ran (`cell`: W6's `torch` runs nn.GRU).
 
     The losses are read once per block (as the JAX peers do), so that on a GPU the host
     does not wait for every step.
@@ -95,9 +99,20 @@ def train(workload: wl.Workload, peer: str, tokens: np.ndarray, vocab_size: int,
     torch.manual_seed(0)
     dev = torch_device(device)
     w = workload
-    if peer == "torch":
-        model = TorchCharLM(vocab_size, w.cell, w.hidden_size, w.num_layers)
+    cell = w.cell
+    if peer == "torch-mingru":
+        from benchmarks.peers_mingru_torch import TorchMinGRULM
+
+        if (w.cell, w.num_layers) != ("mingru", 1):
+            raise ValueError(f"torch-mingru runs one minGRU layer, not {w.id}")
+        model = TorchMinGRULM(vocab_size, w.hidden_size)
+        config = {"module": "benchmarks.peers_mingru_torch (log-space cumsum + logcumsumexp)"}
+    elif peer == "torch":
+        cell = wl.SCALE_CELL.get(w.cell, w.cell)
+        model = TorchCharLM(vocab_size, cell, w.hidden_size, w.num_layers)
         config = {"module": f"nn.{type(model.rnn).__name__}"}
+        if cell != w.cell:
+            config["module"] += f" (for scale: {wl.CELL_LABELS[w.cell]} has no torch module)"
     else:
         model = LoopCharLM(vocab_size, w.cell, w.hidden_size, w.num_layers)
         config = {"module": f"loop over nn.{type(model.cells[0]).__name__}"}
@@ -136,6 +151,7 @@ def train(workload: wl.Workload, peer: str, tokens: np.ndarray, vocab_size: int,
 
     result = wl.measure(run_block, block_steps, repeat, budget_s, warmup_blocks)
     result["config"] = config
+    result["cell"] = cell  # the cell that ran (its FLOPs are the record's)
     return result
 
 

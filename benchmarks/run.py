@@ -14,7 +14,24 @@ A record (one per workload and peer; the JSON written by --json is a list of the
   ok (the correctness check passed), check (what it saw), and: flops_per_step, gflops,
   block_steps, reps, config, version, text, machine, peak_gflops, loadavg_1m, wall_s, error,
   loss_first, loss_last (training), bracket_chars_per_s (torch: its runs before and after).
+  kind ("train" | "sample" | "layer"), ratio_to_sequential (W6: chars/s over
+    jaxrnn-sequential's, the sequential lax.scan; None elsewhere).
 A peer that failed its check or crashed has ok = False and is marked FAIL in the table.
+
+W7 (`run_layers`) runs one child per case (cell, H, T) and makes one record per measurement
+(case, impl, mode): kind "layer", workload "W7", peer "jaxrnn", impl, resolved (what the impl
+ran: kernel, fast, reference, deer, ...), cell, hidden_size, state_size, batch_size, seq_len,
+mode ("forward" | "forward+backward"), status ("measured" | "skipped" | "failed"),
+ms_per_call_median / _min / _max (over the timed calls), reps, first_call_ms, compile_s (XLA's
+compile of the call, apart), memory_mib (XLA's memory analysis), ratio_to_sequential (impl
+"reference"'s ms / this ms: > 1 is faster than the sequential scan), ratio_to_auto (the same
+against impl "auto", the fastest sequential), iterations, residual, converged, fell_back,
+nonfinite, rejected (Newton impls: jaxrnn.newton.diagnostics' SolveInfo of the forward solve),
+diagnostics_s (that diagnostics call, its compile included),
+estimate_s (the estimated seconds per call it was planned, or skipped, by), estimate_memory_mib
+(the estimated memory of one skipped before it compiled), skip_reason, ok,
+check, error, peak_rss_mib (the child's so far), version, machine, loadavg_1m, config. A skipped
+measurement has ok = True (it is not a failure) and its reason in skip_reason.
 """
 
 from __future__ import annotations
@@ -31,11 +48,18 @@ import time
 
 from benchmarks import workloads as wl
 
-PEERS = ("jaxrnn", "jaxrnn-default", "torch", "torch-loop", "flax", "autograd", "jax-cudnn")
+PEERS = ("jaxrnn", "jaxrnn-default", "jaxrnn-sequential", "torch", "torch-loop", "torch-mingru",
+         "flax", "autograd", "jax-cudnn")
 SAMPLING_PEERS = ("jaxrnn", "torch")
+# W6 (the minimal cells): jaxrnn's parallel scan and its sequential lax.scan, a PyTorch minGRU
+# and, for scale, torch.nn.GRU; the other peers have no minGRU. These two run W6 only.
+MIN_CELL_PEERS = ("jaxrnn", "jaxrnn-sequential", "torch-mingru", "torch")
+MIN_CELL_ONLY_PEERS = ("jaxrnn-sequential", "torch-mingru")
+LAYER_PEERS = ("jaxrnn",)  # W7 measures jaxrnn's layers only
 GPU_ONLY_PEERS = ("jax-cudnn",)  # in the default peers on a GPU only
-REQUIRES = {"jaxrnn": "jax", "jaxrnn-default": "jax", "flax": "flax", "torch": "torch",
-            "torch-loop": "torch", "autograd": "autograd", "jax-cudnn": "jax"}
+REQUIRES = {"jaxrnn": "jax", "jaxrnn-default": "jax", "jaxrnn-sequential": "jax", "flax": "flax",
+            "torch": "torch", "torch-loop": "torch", "torch-mingru": "torch",
+            "autograd": "autograd", "jax-cudnn": "jax"}
 RECORD_KEYS = ("workload", "peer", "chars_per_s_median", "chars_per_s_min", "chars_per_s_max",
                "ratio_to_torch", "compile_s", "pct_peak", "peak_rss_mib")
 DEFAULT_REPEAT = 10
@@ -58,8 +82,14 @@ def machine_info() -> str:
 
 
 def applies(workload_id: str, peer: str) -> bool:
+    if workload_id == wl.LAYERS.id:
+        return peer in LAYER_PEERS
     if workload_id in wl.SAMPLING:
         return peer in SAMPLING_PEERS
+    if wl.TRAINING[workload_id].cell in wl.MIN_CELLS:
+        return peer in MIN_CELL_PEERS
+    if peer in MIN_CELL_ONLY_PEERS:
+        return False
     if peer == "jax-cudnn":  # jax.experimental.rnn has an LSTM only
         return wl.TRAINING[workload_id].cell == "lstm"
     return peer != "autograd" or workload_id == "W1"
@@ -70,12 +100,14 @@ def installed(peer: str) -> bool:
 
 
 def expand_workloads(ids) -> list[str]:
-    """W1..W5 as given; S1 becomes its two batch sizes (S1-B1, S1-B64)."""
+    """W1..W5, W7 and single ids as given; S1 becomes its two batch sizes (S1-B1, S1-B64),
+    W6 its four T (W6-256 ... W6-16384)."""
     out = []
     for workload_id in ids:
-        if workload_id == "S1":
-            out.extend(wl.SAMPLING)
-        elif workload_id in wl.TRAINING or workload_id in wl.SAMPLING:
+        if workload_id in wl.GROUPS:
+            out.extend(wl.GROUPS[workload_id])
+        elif (workload_id in wl.TRAINING or workload_id in wl.SAMPLING
+              or workload_id == wl.LAYERS.id):
             out.append(workload_id)
         else:
             raise ValueError(f"unknown workload {workload_id!r}; choose from "
@@ -131,7 +163,8 @@ def make_record(workload_id: str, peer: str, result: dict, peak_gflops: float,
     workload = wl.get(workload_id)
     record = {key: None for key in RECORD_KEYS}
     record.update(workload=workload_id, peer=peer, ok=False, text=text,
-                  peak_gflops=peak_gflops)
+                  peak_gflops=peak_gflops, ratio_to_sequential=None,
+                  kind="sample" if workload_id in wl.SAMPLING else "train")
     if "error" in result:
         record.update(error=result["error"], check=result["error"], wall_s=result.get("wall_s"))
         return record
@@ -141,7 +174,7 @@ def make_record(workload_id: str, peer: str, result: dict, peak_gflops: float,
         flops = flops_per_char * chars
     else:
         chars = workload.chars_per_step
-        flops = wl.step_flops(workload, result["vocab_size"])
+        flops = wl.step_flops(workload, result["vocab_size"], cell=result.get("cell"))
     stats = wl.chars_stats(result["step_times"], chars)
     achieved = flops * stats["chars_per_s_median"] / chars
     record.update(stats)
@@ -153,7 +186,7 @@ def make_record(workload_id: str, peer: str, result: dict, peak_gflops: float,
         gflops=achieved / 1e9, block_steps=result["block_steps"], reps=result["reps"],
         config=result.get("config"), version=result.get("version"),
         loadavg_1m=result.get("loadavg_1m"), wall_s=result.get("wall_s"))
-    for key in ("bracket_step_s", "loss_first", "loss_last", "length"):
+    for key in ("bracket_step_s", "loss_first", "loss_last", "length", "cell"):
         if key in result:
             record[key] = result[key]
     if "bracket_step_s" in result:
@@ -161,16 +194,18 @@ def make_record(workload_id: str, peer: str, result: dict, peak_gflops: float,
     return record
 
 
-def run_benchmarks(workloads=wl.WORKLOAD_IDS, peers=None, *, repeat: int = DEFAULT_REPEAT,
-                   budget_s: float = DEFAULT_BUDGET_S, quick: bool = False,
-                   text: str | None = None, bracket_torch: bool = True,
+def run_benchmarks(workloads=wl.DEFAULT_WORKLOADS, peers=None, *,
+                   repeat: int = DEFAULT_REPEAT, budget_s: float = DEFAULT_BUDGET_S,
+                   quick: bool = False, text: str | None = None, bracket_torch: bool = True,
                    steps_per_call: int | None = None, torch_threads: int | None = None,
                    timeout_s: float = DEFAULT_TIMEOUT_S, device: str = "auto",
-                   tf32: bool = True, log=print, on_workload=None) -> list[dict]:
+                   tf32: bool = True, layers: dict | None = None, log=print,
+                   on_workload=None) -> list[dict]:
     """Runs every (workload, peer) pair; returns the records (see the module docstring).
 
     Args:
-      workloads: ids among W1..W5 and S1 (S1: both batch sizes).
+      workloads: ids among wl.WORKLOAD_IDS (S1: both batch sizes; W6: its four T) or single
+        ids (W6-1024).
       peers: names among PEERS; peers whose package is not installed are skipped with a note.
       repeat: at most this many timed repetitions per peer...
       budget_s: ...fewer when they would take longer than this (never fewer than 3).
@@ -185,8 +220,10 @@ def run_benchmarks(workloads=wl.WORKLOAD_IDS, peers=None, *, repeat: int = DEFAU
       device: "cpu", "gpu", or "auto" (the GPU when JAX or torch sees one).
       tf32: on a GPU, float32 matmuls in TF32 on both sides (speed) or not (parity).
       peers: None = every peer that applies on the device (jax-cudnn only on a GPU).
-      on_workload: called with the records so far after each workload (e.g. to save them,
-        so that a run cut short keeps what it measured).
+      layers: W7's options (`layer_options`: grid, cells, hidden_sizes, seq_lens, impls,
+        budget_s, total_budget_s, max_iters); None: the defaults.
+      on_workload: called with the records so far after each workload (and each W7 case),
+        e.g. to save them, so that a run cut short keeps what it measured.
     """
     if device not in ("auto", "cpu", "gpu"):
         raise ValueError(f"device must be auto, cpu or gpu; got {device!r}")
@@ -233,6 +270,19 @@ def run_benchmarks(workloads=wl.WORKLOAD_IDS, peers=None, *, repeat: int = DEFAU
     records = []
     for workload_id in workload_ids:
         workload = wl.get(workload_id)
+        if workload_id == wl.LAYERS.id:
+            if not any(applies(workload_id, p) for p in runnable):
+                log(f"note: skipping {workload_id}: it measures the jaxrnn peer only, which "
+                    f"is not among the peers")
+            else:
+                records.extend(run_layers(
+                    layer_options(layers, quick), repeat=repeat, quick=quick,
+                    timeout_s=timeout_s, device=device, tf32=tf32, machine=machine,
+                    log=log, on_case=(None if on_workload is None else
+                                      lambda done: on_workload(records + done))))
+                if on_workload is not None:
+                    on_workload(records)
+            continue
         kind = "sample" if workload_id in wl.SAMPLING else "train"
         order = [p for p in runnable if applies(workload_id, p)]
         if "torch" in order:  # torch first (and, bracketing, last)
@@ -258,12 +308,12 @@ def run_benchmarks(workloads=wl.WORKLOAD_IDS, peers=None, *, repeat: int = DEFAU
                             for peer, result in results.items()]
         for record in workload_records:
             record["machine"] = machine
-        torch_record = next((r for r in workload_records if r["peer"] == "torch"), None)
-        for record in workload_records:
-            if torch_record and torch_record["chars_per_s_median"] and record[
-                    "chars_per_s_median"]:
-                record["ratio_to_torch"] = (record["chars_per_s_median"]
-                                            / torch_record["chars_per_s_median"])
+        for base_peer, key in (("torch", "ratio_to_torch"),
+                               ("jaxrnn-sequential", "ratio_to_sequential")):
+            base = next((r for r in workload_records if r["peer"] == base_peer), None)
+            for record in workload_records:
+                if base and base["chars_per_s_median"] and record["chars_per_s_median"]:
+                    record[key] = record["chars_per_s_median"] / base["chars_per_s_median"]
         records.extend(sorted(workload_records, key=lambda r: PEERS.index(r["peer"])))
         if on_workload is not None:
             on_workload(records)
@@ -272,13 +322,211 @@ def run_benchmarks(workloads=wl.WORKLOAD_IDS, peers=None, *, repeat: int = DEFAU
 
 def _progress_line(workload_id: str, peer: str, result: dict) -> str:
     if "error" in result:
-        return f"{peer:15s} FAILED: {result['error']}"
+        return f"{peer:17s} FAILED: {result['error']}"
     chars = (wl.get(workload_id).batch_size * result["length"] if "length" in result
              else wl.get(workload_id).chars_per_step)
     median = chars / statistics.median(result["step_times"])
     flag = "ok" if result["ok"] else "FAIL"
-    return (f"{peer:15s} {median:12,.0f} chars/s  ({result['reps']} reps of "
+    return (f"{peer:17s} {median:12,.0f} chars/s  ({result['reps']} reps of "
             f"{result['block_steps']}, {result['wall_s']:.0f} s)  {flag}: {result['check']}")
+
+
+# ---------------------------------------------------------------------------- W7: layers
+
+
+LAYER_OPTION_KEYS = ("grid", "cells", "hidden_sizes", "seq_lens", "impls", "budget_s",
+                     "total_budget_s", "max_iters")
+
+
+def layer_options(options: dict | None = None, quick: bool = False) -> dict:
+    """W7's options, every key filled in: `options` (None values and missing keys take the
+    defaults) over the grid's defaults ("default", "full", or under --quick "quick")."""
+    options = {k: v for k, v in (options or {}).items() if v is not None}
+    unknown = set(options) - set(LAYER_OPTION_KEYS)
+    if unknown:
+        raise ValueError(f"unknown W7 option(s) {', '.join(sorted(unknown))}")
+    grid = options.get("grid") or ("quick" if quick else "default")
+    hidden_sizes, seq_lens = wl.LAYERS.grid(grid)
+    out = dict(grid=grid, cells=wl.LAYERS.cells, hidden_sizes=hidden_sizes, seq_lens=seq_lens,
+               impls=wl.LAYERS.impls, budget_s=wl.W7_BUDGET_S[grid],
+               total_budget_s=wl.W7_TOTAL_BUDGET_S[grid], max_iters=wl.LAYERS.max_iters)
+    out.update(options)
+    if not out["total_budget_s"]:
+        out["total_budget_s"] = None  # 0: no total
+    for key in ("cells", "hidden_sizes", "seq_lens", "impls"):
+        out[key] = tuple(out[key])
+    bad = [c for c in out["cells"] if c not in wl.LAYERS.cells]
+    if bad:
+        raise ValueError(f"unknown W7 cell(s) {', '.join(bad)}; choose from "
+                         f"{', '.join(wl.LAYERS.cells)}")
+    bad = [i for i in out["impls"] if i not in wl.LAYERS.impls]
+    if bad:
+        raise ValueError(f"unknown W7 impl(s) {', '.join(bad)}; choose from "
+                         f"{', '.join(wl.LAYERS.impls)}")
+    for key in ("hidden_sizes", "seq_lens"):
+        if not out[key] or min(out[key]) < 1:
+            raise ValueError(f"W7 {key.replace('_', ' ')} must be positive integers")
+    if not out["budget_s"] > 0 or not out["max_iters"] >= 1:
+        raise ValueError("the W7 budget must be positive and max_iters at least 1")
+    # the reference runs first in every case: the others are checked against it
+    out["impls"] = tuple(sorted(out["impls"], key=wl.LAYERS.impls.index))
+    return out
+
+
+def run_layer_child(task: dict, timeout_s: float) -> dict:
+    """A W7 case's child; on a crash or a timeout, the measurements it wrote before it."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (wl.ROOT, env.get("PYTHONPATH")) if p)
+    if task.get("device") == "cpu":
+        env["JAX_PLATFORMS"] = "cpu"
+    with tempfile.TemporaryDirectory(prefix="jaxrnn-bench-") as tmp:
+        task = {**task, "out": os.path.join(tmp, "result.json")}
+        start = time.monotonic()
+        error = None
+        try:
+            proc = subprocess.run([sys.executable, "-m", "benchmarks.child", json.dumps(task)],
+                                  cwd=wl.ROOT, env=env, capture_output=True, text=True,
+                                  timeout=timeout_s)
+            if proc.returncode != 0:
+                lines = [line for line in proc.stderr.strip().splitlines() if line.strip()]
+                error = f"exit {proc.returncode}: " + " | ".join(lines[-3:])
+        except subprocess.TimeoutExpired:
+            error = f"timed out after {timeout_s:.0f} s"
+        result = {"measurements": []}
+        if os.path.exists(task["out"]):
+            with open(task["out"]) as f:
+                result = json.load(f)
+    result["wall_s"] = time.monotonic() - start
+    if error:
+        result["error"] = error
+    return result
+
+
+def _layer_record(case: dict, measurement: dict, result: dict, options: dict,
+                  machine: str, loadavg: float) -> dict:
+    cell, hidden = case["cell"], case["hidden_size"]
+    record = {key: None for key in RECORD_KEYS}
+    record.update(
+        kind="layer", workload=wl.LAYERS.id, peer="jaxrnn", impl=measurement["impl"],
+        resolved=measurement.get("resolved"), cell=cell, hidden_size=hidden,
+        state_size=wl.state_size(cell, hidden), batch_size=case["batch_size"],
+        seq_len=case["seq_len"], mode=measurement["mode"], status=measurement["status"],
+        ms_per_call_median=None, ms_per_call_min=None, ms_per_call_max=None,
+        reps=measurement.get("reps"),
+        first_call_ms=(None if measurement.get("first_call_s") is None
+                       else 1e3 * measurement["first_call_s"]),
+        compile_s=measurement.get("compile_s"),
+        memory_mib=(None if measurement.get("memory_bytes") is None
+                    else measurement["memory_bytes"] / 2**20),
+        ratio_to_sequential=None, ratio_to_auto=None, iterations=None, residual=None,
+        converged=None, fell_back=None, nonfinite=None, rejected=None, diagnostics_s=None,
+        estimate_s=measurement.get("estimate_s"),
+        estimate_memory_mib=(None if measurement.get("estimate_memory_bytes") is None
+                             else measurement["estimate_memory_bytes"] / 2**20),
+        skip_reason=measurement.get("reason"),
+        ok=measurement["status"] == "skipped" or bool(measurement.get("ok")),
+        check=measurement.get("check") or measurement.get("reason"),
+        error=measurement.get("error"), peak_rss_mib=measurement.get("peak_rss_mib"),
+        version=result.get("version"), machine=machine, loadavg_1m=loadavg,
+        config={"budget_s": options["budget_s"], "max_iters": options["max_iters"],
+                "grid": options["grid"]})
+    for key in ("ms_per_call_median", "ms_per_call_min", "ms_per_call_max", "iterations",
+                "residual", "converged", "fell_back", "nonfinite", "rejected", "diagnostics_s"):
+        if key in measurement:
+            record[key] = measurement[key]
+    if record["status"] == "skipped":
+        record["check"] = "skipped: " + (measurement.get("reason") or "")
+    return record
+
+
+def _layer_ratios(case_records: list[dict]) -> None:
+    """ratio_to_sequential / ratio_to_auto: impl reference's / auto's ms over each one's."""
+    for mode in wl.MODES:
+        same = {r["impl"]: r for r in case_records if r["mode"] == mode}
+        for base_impl, key in (("reference", "ratio_to_sequential"), ("auto", "ratio_to_auto")):
+            base = same.get(base_impl)
+            if not base or not base["ms_per_call_median"]:
+                continue
+            for record in same.values():
+                if record["ms_per_call_median"]:
+                    record[key] = base["ms_per_call_median"] / record["ms_per_call_median"]
+
+
+def run_layers(options: dict, *, repeat: int, quick: bool, timeout_s: float, device: str,
+               tf32: bool, machine: str, log=print, on_case=None) -> list[dict]:
+    """W7: every case of the grid in `options` (`layer_options`), one child each, in
+    wl.layer_cases' order; measurements over the budgets are skipped (wl.plan_layer_case) and
+    recorded with their estimate and reason. Returns the records."""
+    log(f"{wl.LAYERS.id}: {wl.LAYERS.describe()}")
+    total = options["total_budget_s"]
+    log(f"  grid {options['grid']}: cells {', '.join(options['cells'])}, H "
+        f"{', '.join(map(str, options['hidden_sizes']))}, T "
+        f"{', '.join(map(str, options['seq_lens']))}; impls {', '.join(options['impls'])}; "
+        f"budget {options['budget_s']:g} s per measurement, "
+        + (f"{total:g} s in all" if total else "no total budget"))
+    warmup = 0 if quick else 1
+    memory_limit = wl.memory_limit_bytes()
+    history, records = [], []
+    start = time.monotonic()
+    for cell, hidden, steps in wl.layer_cases(options["cells"], options["hidden_sizes"],
+                                              options["seq_lens"]):
+        case = dict(cell=cell, hidden_size=hidden, seq_len=steps, batch_size=wl.LAYERS.batch_size)
+        runs, skipped = wl.plan_layer_case(history, cell, hidden, steps, options["impls"],
+                                           wl.MODES, budget_s=options["budget_s"],
+                                           repeat=repeat, warmup=warmup,
+                                           memory_limit=memory_limit)
+        time_left = None if total is None else total - (time.monotonic() - start)
+        if time_left is not None and time_left <= 0:
+            skipped += [dict(run, reason="W7's total time budget was spent") for run in runs]
+            runs = []
+        loadavg = os.getloadavg()[0]
+        result = {"measurements": []}
+        if runs:
+            task = dict(kind="layer", workload=wl.LAYERS.id, peer="jaxrnn",
+                        case=dict(case, runs=runs), repeat=repeat, quick=quick,
+                        budget_s=options["budget_s"], max_iters=options["max_iters"],
+                        time_left_s=1e9 if time_left is None else time_left,
+                        history=history, device=device, tf32=tf32)
+            # a case runs many measurements: at least 2 x budget + 60 s for each of them
+            result = run_layer_child(task, max(timeout_s, len(runs) * (
+                2 * options["budget_s"] + 60.0)))
+            if result.get("memory_limit_bytes"):
+                memory_limit = result["memory_limit_bytes"]
+        measured = {(m["impl"], m["mode"]): m for m in result["measurements"]}
+        for run in runs:  # what the child did not get to (it crashed or timed out)
+            if (run["impl"], run["mode"]) not in measured:
+                measured[(run["impl"], run["mode"])] = dict(
+                    run, status="failed", ok=False,
+                    error=result.get("error", "no result"), check=result.get("error"))
+        for skip in skipped:
+            measured[(skip["impl"], skip["mode"])] = dict(skip, status="skipped")
+        case_records = [_layer_record(case, measured[(impl, mode)], result, options, machine,
+                                      loadavg)
+                        for impl in options["impls"] for mode in wl.MODES
+                        if (impl, mode) in measured]
+        _layer_ratios(case_records)
+        for m in measured.values():
+            seconds = (None if m.get("ms_per_call_median") is None
+                       else m["ms_per_call_median"] / 1e3)
+            if seconds is None and m["status"] == "skipped":
+                seconds, estimated = m.get("estimate_s"), True
+            else:
+                estimated = False
+            if seconds is not None:
+                memory = m.get("memory_bytes", m.get("estimate_memory_bytes"))
+                history.append(dict(cell=cell, impl=m["impl"], mode=m["mode"],
+                                    hidden_size=hidden, seq_len=steps, call_s=seconds,
+                                    memory_bytes=memory, estimated=estimated))
+        records.extend(case_records)
+        counts = {status: sum(r["status"] == status for r in case_records)
+                  for status in ("measured", "skipped", "failed")}
+        log(f"  {cell} H={hidden} T={steps}: {counts['measured']} measured, "
+            f"{counts['skipped']} skipped, {counts['failed']} failed "
+            f"({result.get('wall_s', 0):.0f} s)"
+            + (f"; {result['error']}" if result.get("error") else ""))
+        if on_case is not None:
+            on_case(records)
+    return records
 
 
 # ---------------------------------------------------------------------------- the table
@@ -289,11 +537,26 @@ def _fmt(value, spec, missing="-"):
 
 
 def format_table(records: list[dict]) -> str:
-    """workload, peer, chars/s median [min-max], ratio to torch, compile s, % peak, RSS, check."""
+    """The training and sampling records' table (workload, peer, chars/s median [min-max],
+    ratio to torch, ratio to jaxrnn-sequential where W6 ran, compile s, % peak, RSS, check),
+    then W7's (`format_layer_table`)."""
+    layer_records = [r for r in records if r.get("kind") == "layer"]
+    records = [r for r in records if r.get("kind") != "layer"]
+    tables = []
+    if records or not layer_records:
+        tables.append(_format_speed_table(records))
+    if layer_records:
+        tables.append(format_layer_table(layer_records))
+    return "\n\n".join(tables)
+
+
+def _format_speed_table(records: list[dict]) -> str:
     on_gpu = any(r.get("peak_device_mib") is not None for r in records)
     memory = "GPU MiB" if on_gpu else "RSS MiB"
-    header = (f"{'workload':9s} {'peer':15s} {'chars/s median [min-max]':>32s} {'x torch':>8s} "
-              f"{'compile s':>9s} {'% peak':>7s} {memory:>8s}  check")
+    sequential = any(r.get("ratio_to_sequential") is not None for r in records)
+    header = (f"{'workload':9s} {'peer':17s} {'chars/s median [min-max]':>32s} {'x torch':>8s} "
+              + (f"{'x seq':>7s} " if sequential else "")
+              + f"{'compile s':>9s} {'% peak':>7s} {memory:>8s}  check")
     lines = [header, "-" * len(header)]
     previous = None
     for r in records:
@@ -307,19 +570,79 @@ def format_table(records: list[dict]) -> str:
                      f"{r['chars_per_s_max']:,.0f}]")
         check = "ok" if r["ok"] else f"FAIL ({r.get('check')})"
         memory_mib = r.get("peak_device_mib") if on_gpu else r["peak_rss_mib"]
-        lines.append(f"{r['workload']:9s} {r['peer']:15s} {speed:>32s} "
-                     f"{_fmt(r['ratio_to_torch'], '.2f'):>8s} {_fmt(r['compile_s'], '.2f'):>9s} "
+        lines.append(f"{r['workload']:9s} {r['peer']:17s} {speed:>32s} "
+                     f"{_fmt(r['ratio_to_torch'], '.2f'):>8s} "
+                     + (f"{_fmt(r.get('ratio_to_sequential'), '.2f'):>7s} " if sequential
+                        else "")
+                     + f"{_fmt(r['compile_s'], '.2f'):>9s} "
                      f"{_fmt(r['pct_peak'], '.1f'):>7s} "
                      f"{_fmt(memory_mib, '.0f'):>8s}  "
                      f"{check}")
     return "\n".join(lines)
 
 
+def _ms(value) -> str:
+    return "-" if value is None else (f"{value:.3g}" if value < 1000 else f"{value:,.0f}")
+
+
+def format_layer_table(records: list[dict]) -> str:
+    """W7: per case and mode, each impl's ms per call median [min-max], its ratios to the
+    sequential scan (impl reference) and to the fastest sequential (impl auto; > 1: faster),
+    the Newton iterations (* fell back to the sequential scan, unconverged), compile s, XLA's
+    memory estimate, and the check (or why it was skipped)."""
+    header = (f"{'cell':5s} {'H':>4s} {'T':>6s} {'mode':8s} {'impl':11s} {'ran':10s} "
+              f"{'ms/call median [min-max]':>28s} {'x seq':>7s} {'x auto':>7s} {'iters':>6s} "
+              f"{'compile s':>9s} {'MiB':>7s}  check")
+    lines = [f"{wl.LAYERS.id} ({wl.LAYERS.name}, B={wl.LAYERS.batch_size}, float32)", header,
+             "-" * len(header)]
+    previous = None
+    for r in records:
+        key = (r["cell"], r["hidden_size"], r["seq_len"])
+        if previous is not None and key != previous:
+            lines.append("")
+        previous = key
+        if r["ms_per_call_median"] is None:
+            speed = "-"
+        else:
+            speed = (f"{_ms(r['ms_per_call_median'])} [{_ms(r['ms_per_call_min'])}-"
+                     f"{_ms(r['ms_per_call_max'])}]")
+        iters = "-" if r.get("iterations") is None else (
+            f"{r['iterations']}" + ("*" if r.get("fell_back") else ""))
+        if r["status"] == "skipped":
+            check = r["check"]
+        else:
+            check = ("ok" if r["ok"] else "FAIL") + (f" ({r['check']})" if r.get("check") else "")
+        mode = "fwd" if r["mode"] == "forward" else "fwd+bwd"
+        lines.append(f"{r['cell']:5s} {r['hidden_size']:4d} {r['seq_len']:6d} {mode:8s} "
+                     f"{r['impl']:11s} {(r.get('resolved') or '-'):10s} {speed:>28s} "
+                     f"{_fmt(r.get('ratio_to_sequential'), '.2f'):>7s} "
+                     f"{_fmt(r.get('ratio_to_auto'), '.2f'):>7s} {iters:>6s} "
+                     f"{_fmt(r.get('compile_s'), '.1f'):>9s} "
+                     f"{_fmt(r.get('memory_mib'), '.0f'):>7s}  {check}")
+    if any(r.get("fell_back") for r in records):
+        lines.append("* not converged within max_iters: the layer was recomputed by the "
+                     "sequential scan (exact; its time included)")
+    return "\n".join(lines)
+
+
 def format_notes(records: list[dict]) -> str:
-    """Per workload: its definition and FLOPs; the torch bracket; the peers' configurations."""
+    """Per workload: its definition and FLOPs; the torch bracket; the peers' configurations
+    (W7: its grid, budgets and version, once)."""
     lines = []
     seen = set()
     for r in records:
+        if r.get("kind") == "layer":
+            if r["workload"] not in seen:
+                seen.add(r["workload"])
+                config = r.get("config") or {}
+                counts = {s: sum(x.get("status") == s for x in records)
+                          for s in ("measured", "skipped", "failed")}
+                lines.append(f"{r['workload']}: {wl.LAYERS.describe()}")
+                lines.append(f"  jaxrnn          {r.get('version')}; grid {config.get('grid')}, "
+                             f"budget {config.get('budget_s')} s per measurement, max_iters "
+                             f"{config.get('max_iters')}; {counts['measured']} measured, "
+                             f"{counts['skipped']} skipped, {counts['failed']} failed")
+            continue
         if r["workload"] not in seen:
             seen.add(r["workload"])
             workload = wl.get(r["workload"])
@@ -336,5 +659,5 @@ def format_notes(records: list[dict]) -> str:
         if r.get("block_steps") is not None:
             extra.append(f"{r['reps']} timed reps of {r['block_steps']}")
         if extra:
-            lines.append(f"  {r['peer']:15s} " + "; ".join(extra))
+            lines.append(f"  {r['peer']:17s} " + "; ".join(extra))
     return "\n".join(lines)

@@ -21,7 +21,7 @@ import time
 
 import numpy as np
 
-from jaxrnn.names import NUM_GATES  # pure Python: imports no JAX
+from jaxrnn.names import MIN_CELLS, NUM_GATES  # pure Python: imports no JAX
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TEXT_ENV = "JAXRNN_TINYSHAKESPEARE"
@@ -29,6 +29,13 @@ DEFAULT_TEXT = os.path.join(ROOT, "data", "tinyshakespeare.txt")
 VOCAB_SIZE = 65            # tiny-shakespeare's, and the synthetic text's
 SYNTHETIC_TOKENS = 1_115_394  # as many as tiny-shakespeare has characters
 MIN_REPS = 3               # the budget never cuts the timed repetitions below this
+
+
+CELL_LABELS = {"rnn_tanh": "tanh RNN", "rnn_relu": "ReLU RNN", "lstm": "LSTM", "gru": "GRU",
+               "mingru": "minGRU", "minlstm": "minLSTM"}
+# The minimal cells (jaxrnn.mincells): gates read x_t only, so no recurrent matmul, and no
+# PyTorch module. W6's `torch` peer runs nn.GRU in their place, for scale (SCALE_CELL).
+SCALE_CELL = {"mingru": "gru", "minlstm": "lstm"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -43,7 +50,8 @@ class Workload:
 
     id: str
     name: str
-    cell: str                # a jaxrnn.names cell name: rnn_tanh | lstm | gru (PyTorch semantics)
+    cell: str                # a jaxrnn.names cell name: rnn_tanh | lstm | gru (PyTorch
+                             # semantics) | mingru (no PyTorch module: jaxrnn.mincells)
     num_layers: int
     hidden_size: int
     batch_size: int
@@ -61,12 +69,12 @@ class Workload:
         return self.batch_size * self.seq_len
 
     def describe(self) -> str:
-        cell = {"rnn_tanh": "tanh RNN", "rnn_relu": "ReLU RNN", "lstm": "LSTM",
-                "gru": "GRU"}[self.cell]
+        cell = CELL_LABELS[self.cell]
         opt = f"{self.optimizer.upper() if self.optimizer == 'sgd' else 'Adam'} {self.lr:g}"
         clip = f", clip ±{self.clip:g}" if self.clip else ""
+        state = "" if self.carry_state else ", state not carried"
         return (f"{cell} {self.num_layers}x{self.hidden_size}, B={self.batch_size}, "
-                f"T={self.seq_len}, {opt}{clip}, {self.loss} loss")
+                f"T={self.seq_len}, {opt}{clip}, {self.loss} loss{state}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -98,14 +106,30 @@ W4 = Workload("W4", "long sequences", "lstm", 1, 256, 16, 1000, "adam", 2e-3, No
               True, block_steps=10, quick_block_steps=2)
 W5 = Workload("W5", "gru", "gru", 2, 128, 50, 50, "adam", 2e-3, None, "mean", True,
               block_steps=10, quick_block_steps=4)
-TRAINING = {w.id: w for w in (W1, W2, W3, W4, W5)}
+# W6: a minGRU char-LM over long windows, one workload per T (W6-256 ... W6-16384). The state
+# is not carried across windows: every window starts from zeros (the point is the time axis,
+# which the parallel scan spreads over the cores). block_steps: the Python-stepping (torch)
+# peers' steps per timed block, about 40k characters.
+W6_SEQ_LENS = (256, 1024, 4096, 16384)
+W6_BLOCK_STEPS = {256: 10, 1024: 4, 4096: 2, 16384: 1}
+W6 = tuple(Workload(f"W6-{T}", "mingru long sequences", "mingru", 1, 256, 16, T, "adam", 2e-3,
+                    None, "mean", False, block_steps=W6_BLOCK_STEPS[T], quick_block_steps=2)
+           for T in W6_SEQ_LENS)
+TRAINING = {w.id: w for w in (W1, W2, W3, W4, W5) + W6}
 SAMPLING = {s.id: s for s in (SamplingWorkload("S1-B1", W2, 1),
                               SamplingWorkload("S1-B64", W2, 64))}
-# What --workloads accepts; S1 stands for both of its batch sizes.
-WORKLOAD_IDS = ("W1", "W2", "W3", "W4", "W5", "S1")
+# --workloads names that stand for several workloads
+GROUPS = {"S1": tuple(SAMPLING), "W6": tuple(w.id for w in W6)}
+# What --workloads accepts (and any id of TRAINING / SAMPLING, e.g. W6-1024); S1 stands for both
+# of its batch sizes, W6 for its four T. DEFAULT_WORKLOADS is what runs without --workloads:
+# W6 and W7 are left out, each would add about as much time as the rest of the run.
+WORKLOAD_IDS = ("W1", "W2", "W3", "W4", "W5", "S1", "W6", "W7")
+DEFAULT_WORKLOADS = ("W1", "W2", "W3", "W4", "W5", "S1")
 
 
 def get(workload_id: str):
+    if workload_id == LAYERS.id:
+        return LAYERS
     return TRAINING.get(workload_id) or SAMPLING[workload_id]
 
 
@@ -117,20 +141,24 @@ def forward_matmul_flops_per_char(cell: str, num_layers: int, hidden_size: int,
     """2 * multiply-adds of the forward matmuls for one character of one sequence.
 
     Input projections (layer 0's acts on the one-hot input, as a matmul in every peer but the
-    tutorial ports), recurrent matmuls and the head; the gate math is not counted.
+    tutorial ports), recurrent matmuls (none in the minimal cells) and the head; the gate math
+    (and the minimal cells' scan) is not counted.
     """
     gates = NUM_GATES[cell] * hidden_size
+    recurrent = 0 if cell in MIN_CELLS else hidden_size * gates
     total = 0
     for layer in range(num_layers):
         input_size = vocab_size if layer == 0 else hidden_size
-        total += input_size * gates + hidden_size * gates
+        total += input_size * gates + recurrent
     total += hidden_size * vocab_size
     return 2 * total
 
 
-def step_flops(workload: Workload, vocab_size: int = VOCAB_SIZE) -> int:
-    """Matmul FLOPs of one training step: 3x the forward (forward, and two for backward)."""
-    per_char = forward_matmul_flops_per_char(workload.cell, workload.num_layers,
+def step_flops(workload: Workload, vocab_size: int = VOCAB_SIZE, cell: str | None = None) -> int:
+    """Matmul FLOPs of one training step: 3x the forward (forward, and two for backward).
+
+    `cell`: the cell a peer ran in place of the workload's (W6's `torch`: nn.GRU)."""
+    per_char = forward_matmul_flops_per_char(cell or workload.cell, workload.num_layers,
                                              workload.hidden_size, vocab_size)
     return 3 * per_char * workload.chars_per_step
 
@@ -308,3 +336,204 @@ def chars_stats(step_times, chars_per_step: int) -> dict:
 
 def gflops(flops: float, seconds: float) -> float:
     return flops / seconds / 1e9 if seconds > 0 else math.nan
+
+
+# ---------------------------------------------------------------------------- W7: layers
+
+
+@dataclasses.dataclass(frozen=True)
+class LayerWorkload:
+    """W7: one recurrent layer over time, forward and forward + backward, by every impl.
+
+    A case is (cell, H, T): one layer `jaxrnn.Recurrent(cell, H, H)` (input size H, as a layer
+    of a stack) on x ~ N(0, 1) <float32>[T, B, H], PyTorch's initialisation, zero initial
+    state. Every impl of `impls` runs it in the two `MODES`: the jitted forward (the output
+    sequence) and the jitted forward + backward (the gradients of sum(output * c), c ~ N(0, 1)
+    fixed, with respect to the parameters and x). One measurement is (case, impl, mode); its
+    figure is ms per call, median [min-max] over the timed calls.
+
+    The grids: `full_*` is the whole definition (docs/WORKLOADS.md); `default_*` what runs
+    without --w7-grid full (about 10 minutes on 2 cores); `quick_*` the --quick smoke test.
+    """
+
+    id: str
+    name: str
+    cells: tuple
+    batch_size: int
+    impls: tuple
+    full_hidden_sizes: tuple
+    full_seq_lens: tuple
+    default_hidden_sizes: tuple
+    default_seq_lens: tuple
+    quick_hidden_sizes: tuple
+    quick_seq_lens: tuple
+    max_iters: int
+
+    def grid(self, which: str = "default") -> tuple[tuple, tuple]:
+        """(hidden sizes, sequence lengths) of the "default", "full" or "quick" grid."""
+        if which not in ("default", "full", "quick"):
+            raise ValueError(f"the W7 grid is default, full or quick; got {which!r}")
+        return (getattr(self, f"{which}_hidden_sizes"), getattr(self, f"{which}_seq_lens"))
+
+    def describe(self) -> str:
+        hidden, seq_lens = self.grid("full")
+        return (f"{self.name}: one {'/'.join(CELL_LABELS[c] for c in self.cells)} layer, "
+                f"input size = H in {{{', '.join(map(str, hidden))}}}, B={self.batch_size}, "
+                f"T in {{{', '.join(map(str, seq_lens))}}}, {' and '.join(MODES)}, impls "
+                f"{', '.join(self.impls)} (Newton: at most {self.max_iters} iterations, then the "
+                f"sequential scan)")
+
+
+MODES = ("forward", "forward+backward")
+SEQUENTIAL_IMPLS = ("reference", "auto")
+NEWTON_IMPLS = ("deer", "quasi-deer", "elk", "quasi-elk")
+LAYERS = LayerWorkload(
+    "W7", "parallel-in-time layers", ("gru", "lstm"), 8, SEQUENTIAL_IMPLS + NEWTON_IMPLS,
+    full_hidden_sizes=(8, 32, 128), full_seq_lens=(1024, 16384, 65536),
+    default_hidden_sizes=(8, 32), default_seq_lens=(1024, 16384),
+    quick_hidden_sizes=(8,), quick_seq_lens=(256,), max_iters=100)
+# Budgets: a measurement whose estimated time (calls x the estimated seconds per call) is over
+# the per-measurement budget is skipped, with the estimate and the reason; so is everything
+# left once W7's total budget is spent (None: no total). The full grid's defaults are larger.
+W7_BUDGET_S = {"default": 30.0, "quick": 30.0, "full": 120.0}
+W7_TOTAL_BUDGET_S = {"default": 600.0, "quick": 600.0, "full": None}
+# Skip what would take more than this fraction of the machine's memory (the host's on a CPU;
+# on a GPU the child reports the device's).
+W7_MEMORY_FRACTION = 0.5
+# How the work of one call grows with the state size D (H; 2H for the LSTM's (h, c)), at a
+# fixed T: D^3 for the dense Newton methods (D x D Jacobians multiplied in the scan), D^2 for
+# the others (the step's matvecs; the quasi methods' diagonal scans are O(D)); memory: D^2
+# for the dense methods (T Jacobians), D for the others. Linear in T for all. At small D the
+# overheads dominate and these overestimate: a measurement is skipped too soon, never too late.
+COST_EXPONENT = {"reference": 2, "auto": 2, "quasi-deer": 2, "quasi-elk": 2, "deer": 3, "elk": 3}
+MEMORY_EXPONENT = {"reference": 1, "auto": 1, "quasi-deer": 1, "quasi-elk": 1, "deer": 2,
+                   "elk": 2}
+BACKWARD_FACTOR = 3.0  # forward + backward against the forward, for a first estimate
+
+
+def state_size(cell: str, hidden_size: int) -> int:
+    """D, the size of the state the Newton solvers iterate on: H, or 2H for the LSTM's (h, c)."""
+    return 2 * hidden_size if cell == "lstm" else hidden_size
+
+
+def layer_cases(cells, hidden_sizes, seq_lens) -> list[tuple[str, int, int]]:
+    """(cell, H, T) in the order they run: T, then H, ascending, the cells interleaved, so the
+    small cases of every cell come first and each case's estimate has smaller ones to go on."""
+    return [(cell, hidden, steps) for steps in sorted(seq_lens) for hidden in sorted(hidden_sizes)
+            for cell in cells]
+
+
+def calls_per_measurement(impl: str, mode: str, repeat: int, warmup: int) -> int:
+    """The calls a measurement makes: the first, the warm-up ones, the fewest timed ones, and
+    (a Newton forward) one more through jaxrnn.newton.diagnostics for the iterations."""
+    extra = 1 if impl in NEWTON_IMPLS and mode == "forward" else 0
+    return 1 + warmup + min(repeat, MIN_REPS) + extra
+
+
+def estimate_layer(history, cell: str, impl: str, mode: str, hidden_size: int,
+                   seq_len: int) -> tuple[float | None, float | None, str]:
+    """(seconds per call, bytes, what it was scaled from) for a measurement, from `history`.
+
+    `history`: dicts with cell, impl, mode, hidden_size, seq_len, call_s (measured, or an
+    earlier estimate of a skipped measurement) and memory_bytes (or None). The base is the
+    biggest earlier case of the same cell, impl and mode no bigger in H or T (a forward
+    x BACKWARD_FACTOR stands in for a forward + backward with none); it is scaled linearly in
+    T and by COST_EXPONENT / MEMORY_EXPONENT in the state size. (None, None, "") when there
+    is nothing to go on (the first case of each series always runs).
+    """
+    d = state_size(cell, hidden_size)
+    p, q = COST_EXPONENT[impl], MEMORY_EXPONENT[impl]
+    sources = [(mode, 1.0)] + ([("forward", BACKWARD_FACTOR)] if mode != "forward" else [])
+    for want_mode, factor in sources:
+        candidates = [h for h in history
+                      if (h["cell"], h["impl"], h["mode"]) == (cell, impl, want_mode)
+                      and h["hidden_size"] <= hidden_size and h["seq_len"] <= seq_len
+                      and (want_mode != mode
+                           or (h["hidden_size"], h["seq_len"]) != (hidden_size, seq_len))
+                      and h.get("call_s")]
+        if candidates:
+            base = max(candidates, key=lambda h: (state_size(cell, h["hidden_size"]) ** p
+                                                  * h["seq_len"]))
+            ratio_t = seq_len / base["seq_len"]
+            ratio_d = d / state_size(cell, base["hidden_size"])
+            seconds = factor * base["call_s"] * ratio_t * ratio_d ** p
+            memory = (None if base.get("memory_bytes") is None
+                      else factor * base["memory_bytes"] * ratio_t * ratio_d ** q)
+            source = (f"{base['mode']} H={base['hidden_size']} T={base['seq_len']}"
+                      + (", itself estimated" if base.get("estimated") else ""))
+            return seconds, memory, source
+    return None, None, ""
+
+
+def plan_layer_case(history, cell: str, hidden_size: int, seq_len: int, impls, modes, *,
+                    budget_s: float, repeat: int, warmup: int,
+                    memory_limit: float | None) -> tuple[list[dict], list[dict]]:
+    """Which measurements of a case to run, and which to skip (with why).
+
+    Returns (runs, skipped): runs are {impl, mode, estimate_s}; skipped are {impl, mode,
+    estimate_s, estimate_memory_bytes, reason}. A measurement is skipped when its estimated time
+    (`calls_per_measurement` x the estimate per call) is over `budget_s`, or its estimated
+    memory over `memory_limit`.
+    """
+    runs, skipped = [], []
+    for impl in impls:
+        for mode in modes:
+            seconds, memory, source = estimate_layer(history, cell, impl, mode, hidden_size,
+                                                     seq_len)
+            calls = calls_per_measurement(impl, mode, repeat, warmup)
+            reason = None
+            if seconds is not None and seconds * calls > budget_s:
+                reason = (f"estimated {seconds:.3g} s per call x {calls} calls > the "
+                          f"{budget_s:g} s budget (scaled from {source})")
+            elif memory is not None and memory_limit and memory > memory_limit:
+                reason = (f"estimated {memory / 2**30:.3g} GiB > the "
+                          f"{memory_limit / 2**30:.3g} GiB memory limit (scaled from {source})")
+            if reason:
+                skipped.append(dict(impl=impl, mode=mode, estimate_s=seconds,
+                                    estimate_memory_bytes=memory, reason=reason))
+            else:
+                runs.append(dict(impl=impl, mode=mode, estimate_s=seconds))
+    return runs, skipped
+
+
+def memory_limit_bytes() -> float | None:
+    """W7_MEMORY_FRACTION of this machine's physical memory (None where it cannot be read)."""
+    try:
+        return W7_MEMORY_FRACTION * os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def measure_calls(call, *, repeat: int, budget_s: float, warmup: int) -> dict:
+    """Times `call()` (which waits for its result): the first call and `warmup` more untimed,
+    then at least min(repeat, MIN_REPS) timed ones, up to `repeat` within `budget_s` in all.
+
+    If the first call shows that the rest would not fit in `budget_s` (the estimate it was
+    planned by was low), stops there: {"over_budget": True, "first_call_s"}. Otherwise
+    {"call_times": [s, one per timed call], "first_call_s", "reps"}.
+    """
+    start = time.perf_counter()
+    call()
+    first = time.perf_counter() - start
+    fewest = min(repeat, MIN_REPS)
+    if first * (warmup + fewest) > budget_s - first:
+        return {"over_budget": True, "first_call_s": first}
+    estimate = first
+    for _ in range(warmup):
+        begin = time.perf_counter()
+        call()
+        estimate = time.perf_counter() - begin
+    left = budget_s - (time.perf_counter() - start)
+    reps = min(repeat, max(fewest, int(left / max(estimate, 1e-9))))
+    times = []
+    for _ in range(reps):
+        begin = time.perf_counter()
+        call()
+        times.append(time.perf_counter() - begin)
+    return {"call_times": times, "first_call_s": first, "reps": reps}
+
+
+def ms_stats(call_times) -> dict:
+    """ms per call: median, min and max over the timed calls."""
+    return {"ms_per_call_median": 1e3 * statistics.median(call_times),
+            "ms_per_call_min": 1e3 * min(call_times), "ms_per_call_max": 1e3 * max(call_times)}

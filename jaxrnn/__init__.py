@@ -13,6 +13,7 @@ _EXPORTS = {
     "Recurrent": "jaxrnn.engine", "run_direction": "jaxrnn.engine",
     "last_valid": "jaxrnn.packing", "pad_sequences": "jaxrnn.packing",
     "sequence_mask": "jaxrnn.packing",
+    "SolverOptions": "jaxrnn.newton",
 }
 
 __all__ = sorted(_EXPORTS)

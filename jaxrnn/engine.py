@@ -14,9 +14,15 @@ own fields when it is built (`Recurrent.plan`, a `LayerPlan`), never from module
                reference every other way is checked against, and the only masked one.
   "fast"       the cell's `fast` recurrence: a `custom_vjp` scan (`unroll` honoured).
   "kernel"     the cell's fused `kernel` (for example the CPU LSTM of `jaxrnn.kernels`).
-`impl="auto"` takes the kernel where it can run (its backend, dtype, library built, unroll 1),
-else the fast recurrence, else the reference; with `lengths` it runs the reference. An
-`impl` asked for by name that cannot run is an error that says why.
+  "parallel"   the cell's own parallel-in-time form (`Cell.parallel`: minGRU, minLSTM, an
+               associative scan); takes lengths.
+  "deer", "quasi-deer", "elk", "quasi-elk"
+               any cell's recurrence solved by Newton's method over the whole sequence
+               (`jaxrnn.newton`, options in `Recurrent.solver`); take lengths.
+`impl="auto"` takes the cell's parallel form if it has one, else the kernel where it can run
+(its backend, dtype, library built, unroll 1), else the fast recurrence, else the reference;
+with `lengths` it runs the reference (or the parallel form). An `impl` asked for by name that
+cannot run is an error that says why.
 
 Layer 0 reads either `x` or its precomputed input slab `projected0` (one [T, B, G*H] array per
 direction, `x @ W_ih^T + cell.slab_bias(params)`), for callers that build it more cheaply than
@@ -225,6 +231,12 @@ class Recurrent:
         if self.impl not in IMPLS:
             raise ValueError(f"impl must be one of {', '.join(map(repr, IMPLS))}, got "
                              f"{self.impl!r}")
+        if self.solver is not None:
+            from jaxrnn.newton import SolverOptions
+
+            if not isinstance(self.solver, SolverOptions):
+                raise ValueError(f"solver must be a jaxrnn.newton.SolverOptions or None, got "
+                                 f"{type(self.solver).__name__}")
         object.__setattr__(self, "plan", resolve_plan(cell, self.impl, int(self.unroll),
                                                       int(self.kernel_parts)))
 

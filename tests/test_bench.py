@@ -169,3 +169,192 @@ def test_bench_every_peer(tmp_path):
     peers = list(bench.PEERS)
     _, records = _run_bench(tmp_path, "--workloads", "W1,W2,W5", "--peers", ",".join(peers))
     _check_records(records, ["W1", "W2", "W5"], peers)
+
+
+# ---------------------------------------------------------------------------- W6 and W7
+
+
+def test_w6_w7_are_named_not_default():
+    assert bench.expand_workloads(["W6"]) == ["W6-256", "W6-1024", "W6-4096", "W6-16384"]
+    assert bench.expand_workloads(["W6-1024", "W7"]) == ["W6-1024", "W7"]
+    assert not {"W6", "W7"} & set(wl.DEFAULT_WORKLOADS)
+    assert {"W6", "W7"} <= set(wl.WORKLOAD_IDS)
+    w = wl.get("W6-4096")
+    assert (w.cell, w.num_layers, w.hidden_size, w.batch_size, w.seq_len, w.carry_state) == (
+        "mingru", 1, 256, 16, 4096, False)
+    assert [p for p in bench.PEERS if bench.applies("W6-256", p)] == [
+        "jaxrnn", "jaxrnn-sequential", "torch", "torch-mingru"]
+    assert [p for p in bench.PEERS if bench.applies("W7", p)] == ["jaxrnn"]
+    assert not bench.applies("W2", "jaxrnn-sequential") and not bench.applies("W2",
+                                                                              "torch-mingru")
+    # minGRU: input projection and head, no recurrent matmul; torch's nn.GRU counts its own
+    assert wl.step_flops(w) == 3 * 2 * (65 * 512 + 256 * 65) * 16 * 4096
+    assert wl.step_flops(w, cell="gru") == 3 * 2 * (65 * 768 + 256 * 768 + 256 * 65) * 16 * 4096
+
+
+def test_torch_mingru_matches_jaxrnn():
+    """The torch-mingru peer's log-space parallel scan is jaxrnn's minGRU (float64)."""
+    torch = pytest.importorskip("torch")
+    import jax
+
+    from benchmarks.peers_mingru_torch import TorchMinGRULM, mingru_parallel, mingru_sequential
+    from jaxrnn import Recurrent
+
+    torch.manual_seed(0)
+    model = TorchMinGRULM(65, 16).double()
+    tokens = torch.randint(0, 65, (3, 200))
+    x = torch.nn.functional.one_hot(tokens, 65).double()
+    h_tilde, k = model.to_hidden_and_gate(x).chunk(2, dim=-1)
+    hidden = mingru_parallel(h_tilde, k)
+    with jax.enable_x64(True):
+        rnn = Recurrent("mingru", 65, 16, impl="reference")
+        params = [[{"weight_ih": jnp.asarray(model.to_hidden_and_gate.weight.detach().numpy()),
+                    "bias_ih": jnp.asarray(model.to_hidden_and_gate.bias.detach().numpy())}]]
+        want, _ = rnn.apply(params, jnp.asarray(x.numpy().transpose(1, 0, 2)))
+        want = np.asarray(want).transpose(1, 0, 2)
+    np.testing.assert_allclose(hidden.detach().numpy(), want, atol=1e-12)
+    h0 = torch.rand(3, 16, dtype=torch.float64) + 0.1  # a carried state
+    torch.testing.assert_close(mingru_parallel(h_tilde, k, h0),
+                               mingru_sequential(h_tilde, k, h0))
+    logits, state = model(tokens)
+    assert logits.shape == (3, 200, 65) and state.shape == (3, 16)
+
+
+def _history(**calls):
+    """W7 history entries: name 'impl__mode__cell__H__T' -> seconds per call."""
+    out = []
+    for name, seconds in calls.items():
+        impl, mode, cell, hidden, steps = name.split("__")
+        out.append(dict(impl=impl.replace("_", "-"), mode=mode.replace("_", "+"), cell=cell,
+                        hidden_size=int(hidden), seq_len=int(steps), call_s=seconds,
+                        memory_bytes=1e6))
+    return out
+
+
+def test_w7_estimates_and_skips():
+    history = _history(deer__forward__gru__8__1024=0.01, reference__forward__gru__8__1024=0.002,
+                       deer__forward__lstm__8__1024=0.05)
+    # nothing to go on: the first case of a series always runs
+    assert wl.estimate_layer(history, "gru", "elk", "forward", 8, 1024)[0] is None
+    # deer scales as D^3 (and memory as D^2), linearly in T; the others as D^2
+    seconds, memory, source = wl.estimate_layer(history, "gru", "deer", "forward", 32, 2048)
+    assert seconds == pytest.approx(0.01 * 2 * 64) and memory == pytest.approx(1e6 * 2 * 16)
+    assert "H=8 T=1024" in source
+    assert wl.estimate_layer(history, "gru", "reference", "forward", 32, 1024)[0] == (
+        pytest.approx(0.002 * 16))
+    # the LSTM's state is (h, c): D = 2H; a forward + backward with no history: 3x the forward
+    assert wl.estimate_layer(history, "lstm", "deer", "forward+backward", 16, 1024)[0] == (
+        pytest.approx(3 * 0.05 * 8))
+    # from H=8, T=1024 to H=32, T=16384: the reference 0.5 s per call, deer 10 s (x 5 calls)
+    runs, skipped = wl.plan_layer_case(history, "gru", 32, 16384, ("reference", "deer"),
+                                       wl.MODES, budget_s=30.0, repeat=10, warmup=1,
+                                       memory_limit=None)
+    assert [(r["impl"], r["mode"]) for r in runs] == [("reference", "forward"),
+                                                      ("reference", "forward+backward")]
+    assert {(s["impl"], s["mode"]) for s in skipped} == {("deer", "forward"),
+                                                         ("deer", "forward+backward")}
+    assert all("budget" in s["reason"] for s in skipped)
+    assert skipped[0]["estimate_s"] == pytest.approx(0.01 * 16 * 64)
+    runs, skipped = wl.plan_layer_case(history, "gru", 32, 1024, ("reference",), ("forward",),
+                                       budget_s=30.0, repeat=10, warmup=1, memory_limit=1e6)
+    assert not runs and "memory limit" in skipped[0]["reason"]
+
+
+def test_w7_measure_calls_stops_over_budget():
+    import time
+
+    calls = []
+    timing = wl.measure_calls(lambda: calls.append(1), repeat=5, budget_s=10.0, warmup=1)
+    assert timing["reps"] == 5 and len(timing["call_times"]) == 5 and len(calls) == 7
+    timing = wl.measure_calls(lambda: time.sleep(0.05), repeat=5, budget_s=0.1, warmup=1)
+    assert timing["over_budget"] and timing["first_call_s"] >= 0.05
+
+
+def test_w7_driver_records(monkeypatch):
+    """run_layers with a fake child: records, ratios, skips by estimate and by total budget,
+    a crashed child's measurements as failures, and the table."""
+    tasks = []
+
+    def fake_child(task, timeout_s):
+        tasks.append(task)
+        case = task["case"]
+        if case["seq_len"] == 512:
+            return {"measurements": [], "error": "exit -9: killed", "wall_s": 1.0}
+        out = []
+        for run in case["runs"]:
+            ms = {"reference": 4.0, "auto": 2.0, "deer": 8.0}[run["impl"]]
+            ms *= case["seq_len"] / 128 * (3 if run["mode"] != "forward" else 1)
+            m = dict(run, status="measured", ok=True, check="fine", resolved=run["impl"],
+                     ms_per_call_median=ms, ms_per_call_min=ms, ms_per_call_max=ms, reps=3,
+                     compile_s=0.1, memory_bytes=2**20, peak_rss_mib=100.0)
+            if run["impl"] == "deer":
+                m.update(iterations=3, residual=1e-6, converged=True, fell_back=False)
+            out.append(m)
+        return {"measurements": out, "version": "fake", "wall_s": 1.0}
+
+    monkeypatch.setattr(bench, "run_child", lambda *a: pytest.fail("not a layer task"))
+    monkeypatch.setattr(bench, "run_layer_child", fake_child)
+    options = bench.layer_options(dict(cells=["gru"], hidden_sizes=[8], seq_lens=[128, 256, 512],
+                                       impls=["deer", "reference", "auto"], budget_s=0.09), True)
+    assert options["impls"] == ("reference", "auto", "deer")  # the reference first
+    records = bench.run_layers(options, repeat=1, quick=True, timeout_s=10, device="cpu",
+                               tf32=True, machine="fake", log=lambda *_: None)
+    assert len(records) == 3 * 3 * 2
+    by = {(r["seq_len"], r["impl"], r["mode"]): r for r in records}
+    first = by[(128, "deer", "forward")]
+    assert first["status"] == "measured" and first["iterations"] == 3 and first["ok"]
+    assert first["ratio_to_sequential"] == pytest.approx(0.5)
+    assert first["ratio_to_auto"] == pytest.approx(0.25)
+    assert by[(128, "reference", "forward")]["ratio_to_sequential"] == 1.0
+    assert set(bench.RECORD_KEYS) <= set(first) and first["kind"] == "layer"
+    # T=256: deer's forward (8 ms -> 16 ms, x 3 calls) fits 0.09 s, its forward + backward
+    # (48 ms x 2 calls) does not: skipped with the estimate and the reason
+    skipped = by[(256, "deer", "forward+backward")]
+    assert skipped["status"] == "skipped" and skipped["ok"]
+    assert skipped["estimate_s"] == pytest.approx(0.048) and "budget" in skipped["skip_reason"]
+    assert by[(256, "deer", "forward")]["status"] == "measured"
+    # T=512: the child crashed; what it was asked to run is a failure, the skips stay skips
+    crashed = by[(512, "reference", "forward")]
+    assert crashed["status"] == "failed" and not crashed["ok"] and "killed" in crashed["check"]
+    assert by[(512, "deer", "forward")]["status"] == "skipped"
+    table = bench.format_table(records)
+    assert "ms/call median [min-max]" in table and "skipped: estimated" in table
+    assert "chars/s" not in table  # no training records: no training table
+    # the total budget spent: nothing more runs
+    tasks.clear()
+    options = dict(options, total_budget_s=1e-9)
+    records = bench.run_layers(options, repeat=1, quick=True, timeout_s=10, device="cpu",
+                               tf32=True, machine="fake", log=lambda *_: None)
+    assert not tasks and all(r["status"] == "skipped" for r in records)
+    assert "total time budget" in records[0]["skip_reason"]
+    with pytest.raises(ValueError, match="unknown W7 impl"):
+        bench.layer_options({"impls": ["newton"]})
+
+
+def test_bench_w6_w7_smoke(tmp_path):
+    """The real command on W6-256 (every W6 peer) and a small W7 (the GRU at H=8, T=256 by
+    reference, auto and deer; --quick): every record has its fields and passed its check."""
+    peers = ["jaxrnn", "jaxrnn-sequential", "torch-mingru", "torch"]
+    stdout, records = _run_bench(tmp_path, "--workloads", "W6-256,W7", "--peers",
+                                 ",".join(peers), "--w7-cells", "gru", "--w7-impls",
+                                 "reference,auto,deer")
+    train = [r for r in records if r["kind"] == "train"]
+    layers = [r for r in records if r["kind"] == "layer"]
+    _check_records(train, ["W6-256"], peers)
+    for r in train:
+        assert r["ratio_to_sequential"] > 0
+    if importlib.util.find_spec("torch"):
+        assert next(r for r in train if r["peer"] == "torch")["cell"] == "gru"
+    assert {(r["impl"], r["mode"]) for r in layers} == {
+        (i, m) for i in ("reference", "auto", "deer") for m in wl.MODES}
+    for r in layers:
+        assert set(bench.RECORD_KEYS) <= set(r), r
+        assert r["ok"] and r["status"] == "measured", r
+        assert (r["cell"], r["hidden_size"], r["seq_len"], r["batch_size"]) == ("gru", 8, 256, 8)
+        assert r["ms_per_call_min"] <= r["ms_per_call_median"] <= r["ms_per_call_max"]
+        assert r["ratio_to_sequential"] > 0 and r["ratio_to_auto"] > 0 and r["compile_s"] > 0
+        if r["impl"] == "deer":
+            assert r["iterations"] >= 1 and r["converged"] and not r["fell_back"]
+        else:
+            assert r["iterations"] is None and r["resolved"] in ("reference", "fast", "kernel")
+    assert "x seq" in stdout and "ms/call median [min-max]" in stdout
