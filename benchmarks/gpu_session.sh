@@ -2,7 +2,7 @@
 # One GPU session, prepared to fit a short lease: versions, the engine's parity tests on the
 # GPU, then the benchmark against cuDNN (torch.nn.LSTM on CUDA and jax.experimental.rnn).
 #
-#   OUT=out/gpu bash benchmarks/gpu_session.sh        # writes tests.txt, bench_gpu.{txt,json}
+#   OUT=out/gpu bash benchmarks/gpu_session.sh   # tests.txt, bench_gpu.{txt,json}, bench_parallel.*
 #
 # Needs data/tinyshakespeare.txt (scripts/prepare_data.py) and python3 with jax[cuda], torch
 # (CUDA), flax and optax. Budgets: TEST_S for the tests, BENCH_S for the benchmark (PEERS picks
@@ -14,6 +14,7 @@ set -u
 OUT=${OUT:-out/gpu}
 TEST_S=${TEST_S:-100}
 BENCH_S=${BENCH_S:-240}
+PARALLEL_S=${PARALLEL_S:-200}  # W6 / W7: the parallel-in-time forms (0 skips them)
 PEERS=${PEERS:-jaxrnn,torch,flax,jax-cudnn}
 PYTHON=${PYTHON:-python3}
 mkdir -p "$OUT"
@@ -29,10 +30,21 @@ export JAXRNN_TINYSHAKESPEARE=${JAXRNN_TINYSHAKESPEARE:-$PWD/data/tinyshakespear
 # The engine on the GPU against PyTorch (on the CPU) and the tutorial's formulas; TF32 off.
 JAX_DEFAULT_MATMUL_PRECISION=highest timeout "$TEST_S" $PYTHON -m pytest -q -p no:cacheprovider --timeout 60 \
   tests/test_engine_parity.py tests/test_fast.py tests/test_charlm_parity.py \
-  tests/test_sampling.py tests/test_engine.py 2>&1 | tee "$OUT/tests.txt"
+  tests/test_sampling.py tests/test_engine.py tests/test_mincells.py tests/test_newton.py \
+  2>&1 | tee "$OUT/tests.txt"
 echo "tests exit: ${PIPESTATUS[0]}" | tee -a "$OUT/tests.txt"
 
 timeout "$BENCH_S" $PYTHON scripts/bench.py --device gpu --tf32 on \
   --workloads W3,W4,W2,S1,W5,W1 --peers "$PEERS" \
   --budget 2 --repeat 5 --no-bracket --json "$OUT/bench_gpu.json" 2>&1 | tee "$OUT/bench_gpu.txt"
 echo "bench exit: ${PIPESTATUS[0]}" | tee -a "$OUT/bench_gpu.txt"
+
+# The parallel-in-time targets (docs/WORKLOADS.md W6, W7): minGRU parallel vs its sequential
+# scan, and DEER / ELK layers vs the sequential GRU / LSTM, with the iteration counts.
+if [ "$PARALLEL_S" -gt 0 ]; then
+  timeout "$PARALLEL_S" $PYTHON scripts/bench.py --device gpu --tf32 on \
+    --workloads W6-4096,W6-1024,W7 --w7-hidden 32 --w7-seq-lens 65536,16384 \
+    --w7-total-budget $((PARALLEL_S / 2)) --budget 2 --repeat 5 --no-bracket \
+    --json "$OUT/bench_parallel.json" 2>&1 | tee "$OUT/bench_parallel.txt"
+  echo "parallel bench exit: ${PIPESTATUS[0]}" | tee -a "$OUT/bench_parallel.txt"
+fi

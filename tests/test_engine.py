@@ -40,7 +40,8 @@ def _params(rnn: Recurrent):
 
 
 @pytest.mark.parametrize("kwargs,message", [
-    (dict(mode="transformer"), r"mode must be one of \['gru', 'lstm', 'rnn_relu', 'rnn_tanh'\]"),
+    (dict(mode="transformer"), r"mode must be one of \['gru', 'lstm', 'mingru', 'minlstm', "
+                                r"'rnn_relu', 'rnn_tanh'\]"),
     (dict(hidden_size=0), r"hidden_size must be a positive integer, got 0"),
     (dict(input_size=-2), r"input_size must be a positive integer, got -2"),
     (dict(num_layers=0), r"num_layers must be a positive integer, got 0"),
