@@ -25,7 +25,7 @@ from benchmarks import workloads as wl
 # engine's fastest layers (impl="auto": the fused CPU kernel for LSTMs where it runs, else the
 # pure-JAX custom-VJP layers; `cpu_kernel` in the result says which ran), and K
 # training steps per jitted call (`steps_per_call`), which spreads the per-call cost (host
-# sync, dispatch, ~40 MB of fresh buffers: docs/PERF_NOTES.md) over K steps. Measured on a
+# sync, dispatch, ~40 MB of fresh buffers: docs/CPU_PROFILE_NOTES.md) over K steps. Measured on a
 # busy 2-core machine, 7 alternating rounds in one process: on W1, K=1000 ran ~1.35x K=100,
 # and CharLM (one-hot GEMM + the fast tanh-RNN layer) ~1.25x the tutorial port
 # (model="tutorial-rnn", what jaxrnn-default runs) at the same K. W2 K=50 was not

@@ -3,7 +3,7 @@
 `run_benchmarks(...)` measures this machine's float32 matmul peak, then for every workload
 runs each peer in a fresh `python -m benchmarks.child` process and turns its raw timings into
 a record; `format_table(records)` prints them. Within a workload, `torch` runs first and,
-with `bracket_torch`, once more last (docs/PERF_NOTES.md: torch itself drifts by 30% within
+with `bracket_torch`, once more last (docs/CPU_PROFILE_NOTES.md: torch itself drifts by 30% within
 an hour on these shared machines); its record pools the timed repetitions of both runs.
 
 A record (one per workload and peer; the JSON written by --json is a list of them):

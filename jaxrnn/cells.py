@@ -162,7 +162,7 @@ def _identity(slab):
 def _gate_splitter(num_gates):
     def unslab(slab):
         # Split per gate here, once, outside the time loop: slicing a hoisted [T, B, G*H]
-        # slab inside the scan body costs about 2x the whole step on CPU (docs/PERF_NOTES.md).
+        # slab inside the scan body costs about 2x the whole step on CPU (docs/CPU_PROFILE_NOTES.md).
         return _split_gates(slab, num_gates)
 
     return unslab

@@ -9,7 +9,7 @@ torch.nn.LSTM / GRU / RNN to 1e-10 in float64), faster on CPU. One direction of 
                                             autodiff gives dW_ih, db and dxs as GEMMs too
   ys, carry_T = recurrence(W_hh, slab, ..)  a `jax.custom_vjp` scan
 
-What the custom VJP does, and why (numbers in scripts/profile_engine.py, docs/PERF_NOTES.md):
+What the custom VJP does, and why (numbers in scripts/profile_engine.py, docs/CPU_PROFILE_NOTES.md):
   forward   the slab is split per gate *before* the loop: slicing a [B, G*H] slab of it
             inside the body is about 2x slower on XLA:CPU. Under `grad` the loop stacks h,
             c and the activated gates; without `grad` it stacks only h. Stacking the gates
@@ -126,7 +126,7 @@ def _lstm_scan(weight_hh, slab, h0, c0, reverse, unroll, stack_all):
     """The forward loop; stacks h, and with stack_all also c and the gates (for the VJP)."""
     w_t = weight_hh.T  # [H, 4H]
     # Per gate, outside the loop: slicing a [B, 4H] slab of the input inside the body is
-    # about 2x slower on XLA:CPU (docs/PERF_NOTES.md).
+    # about 2x slower on XLA:CPU (docs/CPU_PROFILE_NOTES.md).
     x_gates = _split(slab, 4)
 
     def body(carry, x):
