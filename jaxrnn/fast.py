@@ -1,7 +1,8 @@
-"""Fast unmasked recurrences: hand-written backward passes for the built-in cells.
+"""Fast recurrences: hand-written backward passes for the built-in cells.
 
-The built-in cells (`jaxrnn.cells`) carry these as their `fast` recurrence, and the LSTM its
-fused kernel; `jaxrnn.Recurrent` runs them for unmasked layers when its `impl` says so. They
+The built-in cells (`jaxrnn.cells`) carry these as their `fast` recurrence (unmasked layers),
+and the wrappers of their fused CPU kernels (`*_kernel`, masked and unmasked: the section
+"fused kernels" below); `jaxrnn.Recurrent` runs them when its `impl` says so. They
 compute what `jaxrnn.engine.run_direction` computes (tests/test_fast.py checks both against
 torch.nn.LSTM / GRU / RNN to 1e-10 in float64), faster on CPU. One direction of one layer is
 
@@ -195,30 +196,6 @@ def _lstm_bwd(reverse, unroll, residuals, cotangents):
 lstm_recurrence.defvjp(_lstm_fwd, _lstm_bwd)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5))
-def lstm_recurrence_kernel(weight_hh, slab, h0, c0, reverse=False, parts=0):
-    """`lstm_recurrence` by the fused CPU kernel (`jaxrnn.kernels`): both loops are one custom
-    call each, and the backward's gate derivatives are computed inside its loop, so no
-    [T, B, 4H] factors are held. Same arguments and results (no unroll; `parts` splits the
-    hidden units, 0: one part per thread), CPU only."""
-    hs, _, _, h_t, c_t = kernels.lstm_forward(weight_hh, slab, h0, c0, reverse, parts)
-    return hs, h_t, c_t
-
-
-def _lstm_kernel_fwd(weight_hh, slab, h0, c0, reverse, parts):
-    hs, cs, gates, h_t, c_t = kernels.lstm_forward(weight_hh, slab, h0, c0, reverse, parts)
-    return (hs, h_t, c_t), (weight_hh, h0, c0, hs, cs, gates)
-
-
-def _lstm_kernel_bwd(reverse, parts, residuals, cotangents):
-    weight_hh, h0, c0, hs, cs, gates = residuals
-    d_hs, d_h_last, d_c_last = cotangents
-    da, dh0, dc0 = kernels.lstm_backward(weight_hh, gates, cs, c0, d_hs, d_h_last, d_c_last,
-                                         reverse, parts)
-    return _outer_sum(da, _previous(hs, h0, reverse)), da, dh0, dc0
-
-
-lstm_recurrence_kernel.defvjp(_lstm_kernel_fwd, _lstm_kernel_bwd)
 
 
 # ------------------------------------------------------------------------------- GRU
@@ -340,6 +317,115 @@ rnn_relu_recurrence = _make_rnn_recurrence(
     jax.nn.relu, lambda h: (h > 0).astype(h.dtype))
 
 
+# ------------------------------------------------------------------------------- fused kernels
+#
+# The same recurrences by the fused CPU kernels (`jaxrnn.kernels`): each loop, forward and
+# backward, is one custom call, and the backward's gate derivatives are computed inside its
+# loop, so no [T, B, G*H] factors are held. They take lengths <int32>[B] (`kernels.full_lengths`
+# without padding): a padded step keeps the carry, and the states they return are the carried
+# ones (the wrappers below zero the outputs at padded steps). So the state each step reads is
+# `_previous(hs, h0)` with or without padding, and dW_hh = sum_t da_t^T h_{t-1} is one GEMM
+# here, da being zero at padded steps. No unroll; `parts` splits the hidden units (0: one part
+# per thread). CPU only.
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(5, 6))
+def lstm_recurrence_kernel(weight_hh, slab, h0, c0, lengths, reverse=False, parts=0):
+    """`lstm_recurrence` by the fused kernel, over lengths <int32>[B]: (hs, h_T, c_T)."""
+    hs, _, _, h_t, c_t = kernels.lstm_forward(weight_hh, slab, h0, c0, lengths, reverse, parts)
+    return hs, h_t, c_t
+
+
+def _lstm_kernel_fwd(weight_hh, slab, h0, c0, lengths, reverse, parts):
+    hs, cs, gates, h_t, c_t = kernels.lstm_forward(weight_hh, slab, h0, c0, lengths, reverse,
+                                                   parts)
+    return (hs, h_t, c_t), (weight_hh, h0, c0, lengths, hs, cs, gates)
+
+
+def _lstm_kernel_bwd(reverse, parts, residuals, cotangents):
+    weight_hh, h0, c0, lengths, hs, cs, gates = residuals
+    d_hs, d_h_last, d_c_last = cotangents
+    da, dh0, dc0 = kernels.lstm_backward(weight_hh, gates, cs, c0, lengths, d_hs, d_h_last,
+                                         d_c_last, reverse, parts)
+    return _outer_sum(da, _previous(hs, h0, reverse)), da, dh0, dc0, None
+
+
+lstm_recurrence_kernel.defvjp(_lstm_kernel_fwd, _lstm_kernel_bwd)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(5, 6))
+def gru_recurrence_kernel(weight_hh, bias_hn, slab, h0, lengths, reverse=False, parts=0):
+    """`gru_recurrence` by the fused kernel, over lengths <int32>[B]: (hs, h_T)."""
+    hs, _, _, h_t = kernels.gru_forward(weight_hh, _bias_or_zeros(bias_hn, h0), slab, h0,
+                                        lengths, reverse, parts)
+    return hs, h_t
+
+
+def _bias_or_zeros(bias_hn, h0):
+    return jnp.zeros(h0.shape[-1:], h0.dtype) if bias_hn is None else bias_hn
+
+
+def _gru_kernel_fwd(weight_hh, bias_hn, slab, h0, lengths, reverse, parts):
+    hs, gates, hn, h_t = kernels.gru_forward(weight_hh, _bias_or_zeros(bias_hn, h0), slab, h0,
+                                             lengths, reverse, parts)
+    return (hs, h_t), (weight_hh, bias_hn, h0, lengths, hs, gates, hn)
+
+
+def _gru_kernel_bwd(reverse, parts, residuals, cotangents):
+    weight_hh, bias_hn, h0, lengths, hs, gates, hn = residuals
+    d_hs, d_h_last = cotangents
+    # da: the gradient of [W_hr h + b_hr, W_hz h + b_hz, W_hn h + b_hn]; dn: of the n gate's
+    # pre-activation x_n + r (W_hn h + b_hn), the slab's n columns
+    da, dn, dh0 = kernels.gru_backward(weight_hh, gates, hn, hs, h0, lengths, d_hs, d_h_last,
+                                       reverse, parts)
+    hidden = h0.shape[-1]
+    d_slab = jnp.concatenate([da[..., :2 * hidden], dn], axis=-1)
+    d_bias_hn = None if bias_hn is None else jnp.sum(da[..., 2 * hidden:], axis=(0, 1))
+    return _outer_sum(da, _previous(hs, h0, reverse)), d_bias_hn, d_slab, dh0, None
+
+
+gru_recurrence_kernel.defvjp(_gru_kernel_fwd, _gru_kernel_bwd)
+
+
+def _make_rnn_kernel(activation):
+    """custom_vjp recurrence h' = activation(slab_t + h @ W_hh^T) by the fused kernel."""
+
+    @functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5))
+    def recurrence(weight_hh, slab, h0, lengths, reverse=False, parts=0):
+        return kernels.rnn_forward(activation, weight_hh, slab, h0, lengths, reverse, parts)
+
+    def fwd(weight_hh, slab, h0, lengths, reverse, parts):
+        hs, h_t = kernels.rnn_forward(activation, weight_hh, slab, h0, lengths, reverse, parts)
+        return (hs, h_t), (weight_hh, h0, lengths, hs)
+
+    def bwd(reverse, parts, residuals, cotangents):
+        weight_hh, h0, lengths, hs = residuals
+        d_hs, d_h_last = cotangents
+        da, dh0 = kernels.rnn_backward(activation, weight_hh, hs, lengths, d_hs, d_h_last,
+                                       reverse, parts)
+        return _outer_sum(da, _previous(hs, h0, reverse)), da, dh0, None
+
+    recurrence.defvjp(fwd, bwd)
+    return recurrence
+
+
+rnn_tanh_recurrence_kernel = _make_rnn_kernel("tanh")
+rnn_relu_recurrence_kernel = _make_rnn_kernel("relu")
+
+
+def _kernel_lengths(slab, lengths):
+    """The lengths a kernel reads: <int32>[B], T for every sequence when there are none."""
+    return kernels.full_lengths(slab) if lengths is None else lengths.astype(jnp.int32)
+
+
+def _zero_padding(hs, lengths):
+    """The outputs: the carried states hs [T, B, H] with zeros at padded steps."""
+    if lengths is None:
+        return hs
+    valid = jnp.arange(hs.shape[0])[:, None] < lengths[None, :]  # [T, B]
+    return jnp.where(valid[..., None], hs, jnp.zeros_like(hs))
+
+
 # ------------------------------------------------------------------------------- per cell
 #
 # What the built-in cells carry (`jaxrnn.cells`): the bias folded into the slab, and the
@@ -376,11 +462,13 @@ def lstm_fast(params, slab, carry0, reverse=False, unroll=UNROLL):
     return hs, (h_t, c_t)
 
 
-def lstm_kernel(params, slab, carry0, reverse=False, parts=0):
-    """`lstm_fast` by the fused CPU kernel."""
+def lstm_kernel(params, slab, carry0, reverse=False, parts=0, lengths=None):
+    """`lstm_fast` by the fused CPU kernel; with lengths <int>[B], the masked semantics
+    (zeros at padded steps, each sequence's own final carry)."""
     h0, c0 = carry0
-    hs, h_t, c_t = lstm_recurrence_kernel(params["weight_hh"], slab, h0, c0, reverse, parts)
-    return hs, (h_t, c_t)
+    hs, h_t, c_t = lstm_recurrence_kernel(params["weight_hh"], slab, h0, c0,
+                                          _kernel_lengths(slab, lengths), reverse, parts)
+    return _zero_padding(hs, lengths), (h_t, c_t)
 
 
 def gru_fast(params, slab, carry0, reverse=False, unroll=UNROLL):
@@ -400,4 +488,35 @@ def rnn_relu_fast(params, slab, carry0, reverse=False, unroll=UNROLL):
     return rnn_relu_recurrence(params["weight_hh"], slab, carry0, reverse, unroll)
 
 
-LSTM_CPU_KERNEL = kernels.Kernel("lstm_cpu", lstm_kernel, load=kernels.load_library)
+def gru_kernel(params, slab, carry0, reverse=False, parts=0, lengths=None):
+    """`gru_fast` by the fused CPU kernel (lengths: as `lstm_kernel`)."""
+    weight_hh = params["weight_hh"]
+    bias_hn = params["bias_hh"][2 * weight_hh.shape[-1]:] if "bias_hh" in params else None
+    hs, h_t = gru_recurrence_kernel(weight_hh, bias_hn, slab, carry0,
+                                    _kernel_lengths(slab, lengths), reverse, parts)
+    return _zero_padding(hs, lengths), h_t
+
+
+def _rnn_kernel(recurrence):
+    def run(params, slab, carry0, reverse=False, parts=0, lengths=None):
+        hs, h_t = recurrence(params["weight_hh"], slab, carry0, _kernel_lengths(slab, lengths),
+                             reverse, parts)
+        return _zero_padding(hs, lengths), h_t
+
+    return run
+
+
+rnn_tanh_kernel = _rnn_kernel(rnn_tanh_recurrence_kernel)
+rnn_tanh_kernel.__doc__ = "`rnn_tanh_fast` by the fused CPU kernel (lengths: as `lstm_kernel`)."
+rnn_relu_kernel = _rnn_kernel(rnn_relu_recurrence_kernel)
+rnn_relu_kernel.__doc__ = "`rnn_relu_fast` by the fused CPU kernel (lengths: as `lstm_kernel`)."
+
+
+LSTM_CPU_KERNEL = kernels.Kernel("lstm_cpu", lstm_kernel, load=kernels.load_library,
+                                 takes_lengths=True)
+GRU_CPU_KERNEL = kernels.Kernel("gru_cpu", gru_kernel, load=kernels.load_library,
+                                takes_lengths=True)
+RNN_TANH_CPU_KERNEL = kernels.Kernel("rnn_tanh_cpu", rnn_tanh_kernel, load=kernels.load_library,
+                                     takes_lengths=True)
+RNN_RELU_CPU_KERNEL = kernels.Kernel("rnn_relu_cpu", rnn_relu_kernel, load=kernels.load_library,
+                                     takes_lengths=True)

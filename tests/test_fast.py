@@ -228,7 +228,8 @@ def test_matches_torch_two_layer_bidirectional_float64(x64, mode, bias):
 def test_fast_and_auto_run_a_custom_vjp_layer_without_lengths(mode):
     """impl="fast" is the pure-JAX custom-VJP recurrence (never the fused kernel's custom
     call); impl="auto" runs a custom-VJP layer too (the fast one or, for the CPU LSTM, the
-    kernel's) without lengths and the masked reference scan with them."""
+    kernel's) without lengths; with them, impl="reference" traces the masked scan (no
+    custom-VJP layer, no kernel call)."""
     params = [[_problem(mode, True, jnp.float32)[0]]]
     x = jnp.ones((STEPS, BATCH, INPUT_SIZE))
     fast_rnn = Recurrent(mode, INPUT_SIZE, HIDDEN_SIZE, impl="fast")
@@ -237,7 +238,9 @@ def test_fast_and_auto_run_a_custom_vjp_layer_without_lengths(mode):
     assert "custom_vjp_call" in text and "ffi_call" not in text
     rnn = Recurrent(mode, INPUT_SIZE, HIDDEN_SIZE, impl="auto")
     assert "custom_vjp_call" in str(jax.make_jaxpr(rnn.apply)(params, x))
-    with_lengths = jax.make_jaxpr(lambda p, x: rnn.apply(p, x, lengths=jnp.full((BATCH,), 3)))
+    reference = Recurrent(mode, INPUT_SIZE, HIDDEN_SIZE, impl="reference")
+    with_lengths = jax.make_jaxpr(
+        lambda p, x: reference.apply(p, x, lengths=jnp.full((BATCH,), 3)))
     text = str(with_lengths(params, x))
     assert "custom_vjp_call" not in text and "ffi_call" not in text
 

@@ -7,8 +7,13 @@
 2. Against the pure-JAX reference scan (impl="reference") in float32, at T = 1 and with more
    parts than units would normally allow, and through a jitted training-style gradient.
 3. impl="fast" compiles without the custom calls and gives the same numbers; when the build
-   fails, impl="auto" warns once naming the reason and runs the pure-JAX layers, and
-   impl="kernel" is an error that names it.
+   fails, impl="auto" warns once naming the reason and runs the pure-JAX layers (every cell),
+   and impl="kernel" is an error that names it.
+4. The instruction set: isa="no-avx512" builds the GEMM's AVX2 path (row tile 4) and gives the
+   same numbers; an isa asked for after the library is loaded is an error.
+
+The GRU and Elman RNN kernels: tests/test_kernels_gru_rnn.py; lengths and jax.vmap:
+tests/test_kernels_masked.py.
 """
 
 from __future__ import annotations
@@ -158,9 +163,12 @@ def test_failed_build_warns_and_falls_back(tmp_path):
         "    warnings.simplefilter('always')\n"
         "    rnn = Recurrent('lstm', 3, 4, impl='auto')\n"
         "    again = Recurrent('lstm', 3, 4, 2, impl='auto')\n"
+        "    others = [Recurrent(m, 3, 4, impl='auto') for m in ('gru', 'rnn_tanh', 'rnn_relu')]\n"
         "    p = rnn.init(jax.random.PRNGKey(0)); x = jnp.ones((5, 2, 3))\n"
         "    y = jax.jit(lambda p, x: rnn.apply(p, x)[0])(p, x)\n"
         "assert rnn.plan.unmasked == 'fast' and again.plan.unmasked == 'fast', rnn.plan\n"
+        "assert all(o.plan.unmasked == 'fast' for o in others)\n"
+        "assert rnn.plan.for_call(rnn.cell, jnp.float32, True) == 'reference'\n"
         "ref = Recurrent('lstm', 3, 4, impl='reference').apply(p, x)[0]\n"
         "assert float(jnp.max(jnp.abs(y - ref))) < 1e-5\n"
         "print([str(w.message) for w in caught if 'kernels' in str(w.message)])\n"
@@ -180,3 +188,41 @@ def test_failed_build_warns_and_falls_back(tmp_path):
     assert error.startswith("impl='kernel' cannot run: the lstm_cpu kernel could not be "
                             "built: no C++ compiler"), done.stdout
     assert "no-such-compiler" in error
+
+
+def test_isa_is_asked_for_before_the_library_loads():
+    assert kernels.load_library() is None  # loaded here for the machine's own isa
+    assert kernels.loaded_isa() == "native"
+    assert kernels.load_library(isa="native") is None
+    with pytest.raises(ValueError, match=r"isa must be one of 'native', 'no-avx512', got 'sse'"):
+        kernels.load_library(isa="sse")
+    with pytest.raises(ValueError, match=r"already loaded for isa='native' in this process; "
+                                         r"isa='no-avx512' must be asked for before any kernel"):
+        kernels.load_library(isa="no-avx512")
+    tile = kernels.gemm_row_tile()
+    assert tile == (8 if "avx512f" in kernels._cpu_flags().split() else 4)
+
+
+@pytest.mark.slow
+def test_no_avx512_build_gives_the_same_numbers(tmp_path):
+    """A fresh process built with isa="no-avx512" (its own library in the cache) runs the
+    4-row GEMM tile and matches the reference scan in float32, GRU and LSTM."""
+    code = (
+        "import jax, jax.numpy as jnp, numpy as np\n"
+        "from jaxrnn import Recurrent, kernels\n"
+        "assert kernels.load_library(isa='no-avx512') is None, kernels.unavailable_reason()\n"
+        "print('tile', kernels.gemm_row_tile())\n"
+        "for mode in ('lstm', 'gru'):\n"
+        "    k, r = (Recurrent(mode, 3, 20, impl=i) for i in ('kernel', 'reference'))\n"
+        "    p = k.init(jax.random.key(0))\n"
+        "    x = jnp.asarray(np.random.default_rng(0).standard_normal((6, 9, 3)), jnp.float32)\n"
+        "    f = lambda rnn: jax.grad(lambda p: jnp.sum(rnn.apply(p, x)[0] ** 2))(p)\n"
+        "    d = max(float(jnp.max(jnp.abs(a - b))) for a, b in\n"
+        "            zip(jax.tree.leaves(f(k)), jax.tree.leaves(f(r))))\n"
+        "    assert d < 2e-5, (mode, d)\n")
+    env = dict(os.environ, JAXRNN_KERNEL_CACHE=str(tmp_path))
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                          timeout=900)
+    assert done.returncode == 0, done.stderr
+    assert "tile 4" in done.stdout
+    assert [p.name.startswith("cpu_kernels-no-avx512-") for p in tmp_path.glob("*.so")] == [True]
