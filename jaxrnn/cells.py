@@ -178,7 +178,7 @@ def _slab_projector(slab_bias, unslab):
 # --- Elman RNN: h' = act(W_ih x + b_ih + W_hh h + b_hh) ------------------------------------
 
 
-def _rnn_cell(activation, name, fast_recurrence):
+def _rnn_cell(activation, name, fast_recurrence, kernel):
     project = _slab_projector(fast.summed_bias, _identity)
 
     def recur(params, h, xp):
@@ -189,7 +189,7 @@ def _rnn_cell(activation, name, fast_recurrence):
         return recur(params, h, project(params, x))
 
     return Cell(name, gated_init(NUM_GATES[name]), step, _zero_h, project, recur, 1,
-                NUM_GATES[name], fast.summed_bias, _identity, fast_recurrence)
+                NUM_GATES[name], fast.summed_bias, _identity, fast_recurrence, kernel)
 
 
 # --- LSTM (PyTorch equations, gate order i, f, g, o) ----------------------------------------
@@ -243,12 +243,12 @@ def _gru_step(params, h, x):
     return _gru_recur(params, h, _gru_project(params, x))
 
 
-RNN_TANH = _rnn_cell(jnp.tanh, "rnn_tanh", fast.rnn_tanh_fast)
-RNN_RELU = _rnn_cell(jax.nn.relu, "rnn_relu", fast.rnn_relu_fast)
+RNN_TANH = _rnn_cell(jnp.tanh, "rnn_tanh", fast.rnn_tanh_fast, fast.RNN_TANH_CPU_KERNEL)
+RNN_RELU = _rnn_cell(jax.nn.relu, "rnn_relu", fast.rnn_relu_fast, fast.RNN_RELU_CPU_KERNEL)
 LSTM = Cell("lstm", gated_init(4), _lstm_step, _zero_hc, _lstm_project, _lstm_recur, 2,
             4, fast.summed_bias, _gate_splitter(4), fast.lstm_fast, fast.LSTM_CPU_KERNEL)
 GRU = Cell("gru", gated_init(3), _gru_step, _zero_h, _gru_project, _gru_recur, 1,
-           3, fast.gru_slab_bias, _gate_splitter(3), fast.gru_fast)
+           3, fast.gru_slab_bias, _gate_splitter(3), fast.gru_fast, fast.GRU_CPU_KERNEL)
 
 # minGRU and minLSTM (jaxrnn.mincells, which imports nothing from here when it loads): no
 # weight_hh, and a parallel-in-time form (an associative scan) that impl="auto" runs.
@@ -258,6 +258,14 @@ MINGRU = _mincells.build_cell("mingru")
 MINLSTM = _mincells.build_cell("minlstm")
 
 CELLS: dict[str, Cell] = {c.name: c for c in (RNN_TANH, RNN_RELU, LSTM, GRU, MINGRU, MINLSTM)}
+
+# The layer-normalised LSTM and GRU (jaxrnn.normcells, which imports nothing from here when
+# it loads): no fast recurrence and no kernel, so impl="auto" runs the reference scan.
+from jaxrnn import normcells as _normcells  # noqa: E402
+
+LSTM_LN = _normcells.build_cell("lstm_ln")
+GRU_LN = _normcells.build_cell("gru_ln")
+CELLS.update({c.name: c for c in (LSTM_LN, GRU_LN)})
 assert tuple(CELLS) == tuple(NUM_GATES), "jaxrnn.names lists the built-in cells"
 
 

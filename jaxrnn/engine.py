@@ -13,7 +13,9 @@ own fields when it is built (`Recurrent.plan`, a `LayerPlan`), never from module
                mask freezes the carry after a sequence ends and zeroes the output. The
                reference every other way is checked against, and the only masked one.
   "fast"       the cell's `fast` recurrence: a `custom_vjp` scan (`unroll` honoured).
-  "kernel"     the cell's fused `kernel` (for example the CPU LSTM of `jaxrnn.kernels`).
+  "kernel"     the cell's fused `kernel` (the CPU kernels of `jaxrnn.kernels`: LSTM, GRU,
+               Elman RNN); with lengths too, if the kernel takes them (`Kernel.takes_lengths`,
+               the built-ins do): the reference's mask semantics inside the kernel.
   "parallel"   the cell's own parallel-in-time form (`Cell.parallel`: minGRU, minLSTM, an
                associative scan); takes lengths.
   "deer", "quasi-deer", "elk", "quasi-elk"
@@ -21,8 +23,8 @@ own fields when it is built (`Recurrent.plan`, a `LayerPlan`), never from module
                (`jaxrnn.newton`, options in `Recurrent.solver`); take lengths.
 `impl="auto"` takes the cell's parallel form if it has one, else the kernel where it can run
 (its backend, dtype, library built, unroll 1), else the fast recurrence, else the reference;
-with `lengths` it runs the reference (or the parallel form). An `impl` asked for by name that
-cannot run is an error that says why.
+with `lengths` it runs the kernel if it takes lengths, else the reference (or the parallel
+form). An `impl` asked for by name that cannot run is an error that says why.
 
 Layer 0 reads either `x` or its precomputed input slab `projected0` (one [T, B, G*H] array per
 direction, `x @ W_ih^T + cell.slab_bias(params)`), for callers that build it more cheaply than
@@ -40,6 +42,8 @@ import numpy as np
 
 from jaxrnn import cells as cells_lib
 from jaxrnn import fast as fast_lib
+from jaxrnn import mesh as mesh_lib
+from jaxrnn import regularizers
 from jaxrnn.packing import sequence_mask
 
 # The ways to evaluate a layer. "parallel": the cell's own parallel-in-time form (minGRU,
@@ -122,7 +126,8 @@ class LayerPlan:
       kernel_parts: how the kernel splits the hidden units (0: one part per thread).
       fallback: what runs in place of the kernel for a dtype it does not compute in
         (impl="auto" only; "fast" or "reference").
-    Layers with lengths always run "reference".
+    Layers with lengths run the kernel if `unmasked` is "kernel" and the kernel takes lengths
+    (the reference in its place for a dtype it does not compute in), else "reference".
     """
 
     unmasked: str
@@ -132,23 +137,31 @@ class LayerPlan:
     fallback: str = "reference"
 
     def for_call(self, cell: cells_lib.Cell, dtype, masked: bool) -> str:
-        """The implementation of one call: `unmasked`, or with lengths the masked reference
-        (or the impl itself, if it takes lengths), or, for a dtype the kernel does not
-        compute in, the fallback (an error if asked for by name)."""
+        """The implementation of one call: `unmasked`, or with lengths the masked kernel (if
+        it takes lengths), the impl itself (if it takes lengths) or the masked reference; for
+        a dtype the kernel does not compute in, the fallback (an error if asked for by name)."""
         if masked:
             if self.unmasked in MASKED_IMPLS:
                 return self.unmasked
+            if self.unmasked == "kernel" and cell.kernel.takes_lengths:
+                return self._kernel_or(cell, dtype, "reference")
             if self.requested in ("fast", "kernel"):
                 raise ValueError(f"impl={self.requested!r} runs layers without lengths only; "
                                  f"use impl='auto' or 'reference' with lengths")
             return "reference"
         if self.unmasked == "kernel":
-            reason = cell.kernel.unavailable_reason(dtype)
-            if reason is not None:
-                if self.requested == "kernel":
-                    raise ValueError(f"impl='kernel' cannot run: {reason}")
-                return self.fallback
+            return self._kernel_or(cell, dtype, self.fallback)
         return self.unmasked
+
+    def _kernel_or(self, cell: cells_lib.Cell, dtype, fallback: str) -> str:
+        """"kernel" if the cell's kernel computes in `dtype`, else `fallback` (impl="auto") or
+        an error (impl="kernel")."""
+        reason = cell.kernel.unavailable_reason(dtype)
+        if reason is None:
+            return "kernel"
+        if self.requested == "kernel":
+            raise ValueError(f"impl='kernel' cannot run: {reason}")
+        return fallback
 
 
 def resolve_plan(cell: cells_lib.Cell, impl: str, unroll: int, kernel_parts: int) -> LayerPlan:
@@ -195,6 +208,9 @@ class Recurrent:
     custom `jaxrnn.Cell`. `impl` is "auto", "reference", "fast" or "kernel" (see the module
     docstring); `unroll` is the scan unroll of the reference and fast scans; `kernel_parts`
     splits the kernel's hidden units (0: one part per thread). `plan` is what they resolve to.
+    `zoneout` (> 0: each carry unit keeps its previous value with that probability in
+    training, the expectation without a key; the reference scan only) and `locked_dropout`
+    (`dropout`'s masks shared over time) are `jaxrnn.regularizers`; off, nothing changes.
 
     Example (the tutorial's Part 4, packed sequences):
       >>> rnn = Recurrent("rnn_tanh", input_size=1, hidden_size=1)
@@ -215,6 +231,8 @@ class Recurrent:
     unroll: int = 1
     kernel_parts: int = 0
     solver: Any = None  # jaxrnn.newton.SolverOptions for the Newton impls (None: defaults)
+    zoneout: float = 0.0  # > 0: zoneout of the carry (jaxrnn.regularizers), reference scan
+    locked_dropout: bool = False  # dropout between layers with one mask per sequence
     plan: LayerPlan = dataclasses.field(init=False, compare=False)
 
     def __post_init__(self):
@@ -228,17 +246,24 @@ class Recurrent:
                              f"{self.kernel_parts!r}")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout!r}")
+        if not 0.0 <= self.zoneout < 1.0:
+            raise ValueError(f"zoneout must be in [0, 1), got {self.zoneout!r}")
         if self.impl not in IMPLS:
             raise ValueError(f"impl must be one of {', '.join(map(repr, IMPLS))}, got "
                              f"{self.impl!r}")
+        regularizers.check_zoneout_impl(self.zoneout, self.impl)
         if self.solver is not None:
             from jaxrnn.newton import SolverOptions
 
             if not isinstance(self.solver, SolverOptions):
                 raise ValueError(f"solver must be a jaxrnn.newton.SolverOptions or None, got "
                                  f"{type(self.solver).__name__}")
-        object.__setattr__(self, "plan", resolve_plan(cell, self.impl, int(self.unroll),
+        # zoneout: per-step masks inside the recurrence, so the reference scan (no kernel probed)
+        impl = "reference" if self.zoneout > 0 else self.impl
+        object.__setattr__(self, "plan", resolve_plan(cell, impl, int(self.unroll),
                                                       int(self.kernel_parts)))
+        if self.zoneout > 0:
+            object.__setattr__(self, "plan", dataclasses.replace(self.plan, requested=self.impl))
 
     @property
     def cell(self) -> cells_lib.Cell:
@@ -405,37 +430,71 @@ class Recurrent:
         if impl == "reference":
             return run_direction(cell, params, xs, carry0, reverse=reverse, mask=mask,
                                  unroll=plan.unroll, slab=slab)
+        if impl in ("kernel", "fast"):
+            return self._slab_direction(impl, params, xs, slab, carry0, reverse, mask)
         if slab is None:
             slab = fast_lib.input_slab(params, xs, cell.slab_bias(params))
-        if impl == "kernel":
-            return cell.kernel.run(params, slab, carry0, reverse, plan.kernel_parts)
         if impl == "parallel":
             return cell.parallel(params, slab, carry0, reverse, mask)
-        if impl in NEWTON_METHODS:
-            from jaxrnn import newton  # the solvers import the engine's reference scan
+        from jaxrnn import newton  # the solvers import the engine's reference scan
 
-            return newton.solve(cell, params, slab, carry0, reverse=reverse, mask=mask,
-                                method=impl, options=self.solver)
-        return cell.fast(params, slab, carry0, reverse, plan.unroll)
+        return newton.solve(cell, params, slab, carry0, reverse=reverse, mask=mask,
+                            method=impl, options=self.solver)  # impl in NEWTON_METHODS
+
+    def _slab_direction(self, impl, params, xs, slab, carry0, reverse, mask):
+        """One direction by the cell's fused kernel or fast recurrence, with its input slab.
+
+        Under a mesh with a `data` axis that divides the batch (`jaxrnn.mesh.split_batch`,
+        read from JAX's mesh context at trace time), the input projection and the recurrence
+        run on each device's own block of the batch, the weights replicated: XLA cannot split
+        the kernel's custom call itself. Without one, this is the plain call.
+        """
+        cell, plan = self.cell, self.plan
+        given_slab = slab is not None
+
+        def layer(params, inputs, carry0, *mask):
+            slab = inputs if given_slab else fast_lib.input_slab(params, inputs,
+                                                                 cell.slab_bias(params))
+            if impl == "fast":
+                return cell.fast(params, slab, carry0, reverse, plan.unroll)
+            if not mask:
+                return cell.kernel.run(params, slab, carry0, reverse, plan.kernel_parts)
+            lengths = jnp.sum(mask[0], axis=0, dtype=jnp.int32)  # the mask is each prefix
+            return cell.kernel.run(params, slab, carry0, reverse, plan.kernel_parts, lengths)
+
+        inputs = slab if given_slab else xs  # [T, B, ...]
+        args = (params, inputs, carry0) + (() if mask is None else (mask,))  # mask [T, B]
+        in_axes = (None, 1, 0, 1)[:len(args)]
+        return mesh_lib.split_batch(layer, in_axes, (1, 0), inputs.shape[1])(*args)
 
     def _run_layers(self, params, x, projected0, hx, mask, key, impl):
         """The layers over time-major x [T, B, I] (or layer 0's slabs `projected0`)."""
         layer_input = x
         finals = []
+        zone_key = None
+        if key is not None and self.zoneout > 0:  # drawn only with zoneout on
+            key, zone_key = jax.random.split(key)
         for layer in range(self.num_layers):
             outputs = []
             for d in range(self.num_directions):
                 index = layer * self.num_directions + d
                 carry0 = jax.tree.map(lambda a: a[index], hx)
                 slab = projected0[d] if layer == 0 and projected0 is not None else None
-                ys, carry_t = self._direction(impl, params[layer][d], layer_input, slab,
-                                              carry0, d == 1, mask)
+                if self.zoneout > 0:
+                    ys, carry_t = regularizers.zoneout_direction(
+                        self.cell, params[layer][d], layer_input, carry0, rate=self.zoneout,
+                        key=None if zone_key is None else jax.random.fold_in(zone_key, index),
+                        reverse=d == 1, mask=mask, unroll=self.plan.unroll, slab=slab)
+                else:
+                    ys, carry_t = self._direction(impl, params[layer][d], layer_input, slab,
+                                                  carry0, d == 1, mask)
                 outputs.append(ys)
                 finals.append(carry_t)
             layer_input = outputs[0] if len(outputs) == 1 else jnp.concatenate(outputs, -1)
             if key is not None and self.dropout > 0 and layer < self.num_layers - 1:
                 key, sub = jax.random.split(key)
-                layer_input = dropout(sub, layer_input, self.dropout)
+                drop = regularizers.locked_dropout if self.locked_dropout else dropout
+                layer_input = drop(sub, layer_input, self.dropout)
 
         h_n = jax.tree.map(lambda *leaves: jnp.stack(leaves), *finals)
         output = jnp.swapaxes(layer_input, 0, 1) if self.batch_first else layer_input
@@ -452,7 +511,9 @@ class Recurrent:
         """
         if self.bidirectional:
             raise ValueError("step() needs a unidirectional network")
-        step = jax.vmap(self.cell.step, in_axes=(None, 0, 0))
+        cell_step = (self.cell.step if self.zoneout == 0 else
+                     regularizers.zoneout_expected_step(self.cell.step, self.zoneout))
+        step = jax.vmap(cell_step, in_axes=(None, 0, 0))
         new_layers = []
         for layer in range(self.num_layers):
             carry = jax.tree.map(lambda a: a[layer], state)

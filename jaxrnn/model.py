@@ -13,6 +13,10 @@ pure functions:
 Token ids are this module's business, not the engine's: layer 0 of `CharLM` hands the engine
 its input slab (`Recurrent.apply(projected0=...)`), gathered from rows of the projected
 embedding table where that measured faster than embedding then projecting (`input_slabs`).
+
+The regularisers (docs/REGULARIZERS.md, `jaxrnn.regularizers`) act only when `apply` gets a
+key (training): weight drop and embedding dropout change the params of one call, locked
+dropout and zoneout are engine options; `tie_weights` changes the head's parameters.
 """
 
 from __future__ import annotations
@@ -22,7 +26,8 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
-from jaxrnn.cells import matmul_transposed
+from jaxrnn import regularizers
+from jaxrnn.cells import get_cell, matmul_transposed
 from jaxrnn.config import Config
 from jaxrnn.engine import Recurrent, dropout
 from jaxrnn.losses import cross_entropy
@@ -92,6 +97,13 @@ class CharLM:
       embedding <float>[V, E]              absent when embedding_size == 0 (one-hot input)
       rnn                                  `Recurrent` params, see jaxrnn.engine
       head: weight <float>[V, H], bias <float>[V]
+    With tie_weights the head has no weight of its own: logits = h @ embedding^T + bias
+    (E == H), or (h @ projection^T) @ embedding^T + bias with head.projection <float>[E, H]
+    (E != H).
+
+    Regularisers (training only, i.e. with a key; docs/REGULARIZERS.md): weight_drop,
+    embedding_dropout, zoneout (rates in [0, 1)) and locked_dropout (dropout's masks shared
+    over time).
     """
 
     vocab_size: int
@@ -103,17 +115,37 @@ class CharLM:
     init_scheme: str = "pytorch"
     dtype: str = "float32"
     impl: str = "auto"
+    weight_drop: float = 0.0
+    locked_dropout: bool = False
+    embedding_dropout: float = 0.0
+    zoneout: float = 0.0
+    tie_weights: bool = False
+
+    def __post_init__(self):
+        if self.tie_weights and not self.embedding_size:
+            raise ValueError("tie_weights needs an embedding (embedding_size > 0)")
+        if self.embedding_dropout and not self.embedding_size:
+            raise ValueError("embedding_dropout needs an embedding (embedding_size > 0)")
 
     @classmethod
     def from_config(cls, config: Config, vocab_size: int, impl: str = "auto") -> "CharLM":
+        """The CharLM of a config. impl "fast" (the entry points' "CPU kernels off") runs
+        "auto" where nothing but the reference scan can run: a cell without a fast
+        recurrence (lstm_ln, gru_ln, the min cells), or zoneout."""
+        if impl == "fast" and (config.zoneout > 0
+                               or get_cell(canonical_cell(config.cell)).fast is None):
+            impl = "auto"
         return cls(vocab_size, config.cell, config.hidden_size, config.num_layers,
-                   config.embedding_size, config.dropout, config.init, config.dtype, impl)
+                   config.embedding_size, config.dropout, config.init, config.dtype, impl,
+                   config.weight_drop, config.locked_dropout, config.embedding_dropout,
+                   config.zoneout, config.tie_weights)
 
     @property
     def rnn(self) -> Recurrent:
         input_size = self.embedding_size or self.vocab_size
         return Recurrent(canonical_cell(self.cell), input_size, self.hidden_size,
-                         self.num_layers, dropout=self.dropout, impl=self.impl)
+                         self.num_layers, dropout=self.dropout, impl=self.impl,
+                         zoneout=self.zoneout, locked_dropout=self.locked_dropout)
 
     def init(self, key):
         dtype = jnp.dtype(self.dtype)
@@ -124,11 +156,18 @@ class CharLM:
             params["embedding"] = jax.random.normal(
                 k_emb, (self.vocab_size, self.embedding_size), dtype)
         bound = 1.0 / self.hidden_size**0.5  # nn.Linear's default U(±1/sqrt(fan_in))
-        params["head"] = {
-            "weight": jax.random.uniform(k_head_w, (self.vocab_size, self.hidden_size), dtype,
-                                         -bound, bound),
-            "bias": jax.random.uniform(k_head_b, (self.vocab_size,), dtype, -bound, bound),
-        }
+        if not self.tie_weights:
+            weight = ("weight", (self.vocab_size, self.hidden_size))
+        elif self.embedding_size != self.hidden_size:  # nn.Linear(H, E, bias=False)
+            weight = ("projection", (self.embedding_size, self.hidden_size))
+        else:
+            weight = None
+        params["head"] = {}
+        if weight is not None:
+            params["head"][weight[0]] = jax.random.uniform(k_head_w, weight[1], dtype,
+                                                           -bound, bound)
+        params["head"]["bias"] = jax.random.uniform(k_head_b, (self.vocab_size,), dtype,
+                                                    -bound, bound)
         if self.init_scheme == "char-rnn":
             params = _char_rnn_init(params, key, self.cell, self.hidden_size)
         return params
@@ -160,20 +199,51 @@ class CharLM:
         return jnp.take(table, ids, axis=0), None
 
     def _head(self, params, hidden):
+        """hidden <float>[..., H] -> logits <float>[..., V]; tied: through the embedding."""
         head = params["head"]
-        logits = matmul_transposed(hidden, head["weight"])
+        if not self.tie_weights:
+            logits = matmul_transposed(hidden, head["weight"])
+        else:
+            if "projection" in head:
+                hidden = matmul_transposed(hidden, head["projection"])  # [..., E]
+            logits = matmul_transposed(hidden, params["embedding"])
         return logits + head["bias"].reshape((1,) * (logits.ndim - 1) + head["bias"].shape)
 
+    def dropped_params(self, params, key):
+        """The params that the input and the layers of one training call read: weight_hh
+        dropped (weight_drop) and embedding rows dropped (embedding_dropout; the head, tied
+        or not, reads `params` itself). split(key) gives the weight-drop and row keys."""
+        weight_key, row_key = jax.random.split(key)
+        params = dict(params)
+        if self.weight_drop > 0:
+            params["rnn"] = regularizers.weight_drop(weight_key, params["rnn"],
+                                                     self.weight_drop)
+        if self.embedding_dropout > 0:
+            keep = regularizers.row_keep(row_key, self.vocab_size, self.embedding_dropout)
+            params["embedding"] = regularizers.drop_rows(params["embedding"], keep,
+                                                         self.embedding_dropout)
+        return params
+
     def apply(self, params, state, tokens, key=None):
-        """tokens <int32>[B, T] -> (logits <float>[B, T, V], state)."""
+        """tokens <int32>[B, T] -> (logits <float>[B, T, V], state).
+
+        With a key (training): with weight_drop or embedding_dropout on, first
+        `key, sub = split(key)` and `dropped_params(params, sub)`; then, with dropout or
+        zoneout on, `rnn_key, head_key = split(key)`: the engine's key and the head's dropout.
+        """
+        input_params = params
+        if key is not None and (self.weight_drop > 0 or self.embedding_dropout > 0):
+            key, sub = jax.random.split(key)
+            input_params = self.dropped_params(params, sub)
         rnn_key = head_key = None
-        if key is not None and self.dropout > 0:
+        if key is not None and (self.dropout > 0 or self.zoneout > 0):
             rnn_key, head_key = jax.random.split(key)
-        x, slabs = self.input_slabs(params, tokens.T)
-        hidden, state = self.rnn.apply(params["rnn"], x, state, key=rnn_key,
+        x, slabs = self.input_slabs(input_params, tokens.T)
+        hidden, state = self.rnn.apply(input_params["rnn"], x, state, key=rnn_key,
                                        projected0=slabs)  # [T, B, H]
-        if head_key is not None:
-            hidden = dropout(head_key, hidden, self.dropout)
+        if head_key is not None and self.dropout > 0:
+            drop = regularizers.locked_dropout if self.locked_dropout else dropout
+            hidden = drop(head_key, hidden, self.dropout)
         return jnp.swapaxes(self._head(params, hidden), 0, 1), state  # [B, T, V]
 
     def step(self, params, state, tokens):
@@ -192,9 +262,14 @@ def _char_rnn_init(params, key, cell, hidden_size):
     keys = jax.random.split(jax.random.fold_in(key, 1), len(leaves))
     leaves = [jax.random.uniform(k, a.shape, a.dtype, -0.08, 0.08) for k, a in zip(keys, leaves)]
     params = jax.tree.unflatten(treedef, leaves)
-    if canonical_cell(cell) == "lstm":
+    if canonical_cell(cell) in ("lstm", "lstm_ln"):  # lstm_ln: β_ih's forget block
         for layer in params["rnn"]:
             for p in layer:
                 if "bias_ih" in p:
                     p["bias_ih"] = p["bias_ih"].at[hidden_size:2 * hidden_size].set(1.0)
+    for layer in params["rnn"]:  # layer norm's gains (lstm_ln, gru_ln) start at 1
+        for p in layer:
+            for name in p:
+                if name.startswith("gain_"):
+                    p[name] = jnp.ones_like(p[name])
     return params

@@ -104,7 +104,7 @@ def case_table(d):
                         ["--dropout must be in [0, 1); got 1.0"]),
         "unknown cell": (train(text, work / "r", "--cell", "transformer"), 2,  # jaxrnn.names
                          ["--cell must be one of rnn_tanh, rnn_relu, lstm, gru, mingru, "
-                          "minlstm; got 'transformer'"]),
+                          "minlstm, lstm_ln, gru_ln; got 'transformer'"]),
         "unknown preset": (train(text, work / "s", "--preset", "huge"), 2,
                            ["unknown preset 'huge'; choose one of default, char-rnn"]),
         "unknown flag (argparse)": (train(text, work / "t", "--hidden-sise", "32"), 2,

@@ -40,8 +40,8 @@ def _params(rnn: Recurrent):
 
 
 @pytest.mark.parametrize("kwargs,message", [
-    (dict(mode="transformer"), r"mode must be one of \['gru', 'lstm', 'mingru', 'minlstm', "
-                                r"'rnn_relu', 'rnn_tanh'\]"),
+    (dict(mode="transformer"), r"mode must be one of \['gru', 'gru_ln', 'lstm', 'lstm_ln', "
+                                    r"'mingru', 'minlstm', 'rnn_relu', 'rnn_tanh'\]"),
     (dict(hidden_size=0), r"hidden_size must be a positive integer, got 0"),
     (dict(input_size=-2), r"input_size must be a positive integer, got -2"),
     (dict(num_layers=0), r"num_layers must be a positive integer, got 0"),
@@ -165,25 +165,20 @@ def _plan(mode, impl, **kwargs):
 @pytest.mark.parametrize("mode", MODES)
 def test_plan_of_each_impl(mode):
     """impl resolves when the network is built: reference and fast run what they name; auto
-    takes the LSTM's kernel where it can run (here: CPU + compiler), else the fast layer;
-    asking for a kernel a cell does not have is an error."""
+    takes the cell's fused kernel where it can run (here: CPU + compiler; every built-in cell
+    has one), else the fast layer."""
     assert _plan(mode, "reference") == LayerPlan("reference", "reference", 1, 0)
     fast_plan = _plan(mode, "fast", unroll=3)
     assert (fast_plan.unmasked, fast_plan.requested, fast_plan.unroll) == ("fast", "fast", 3)
     auto = _plan(mode, "auto")
     assert auto.requested == "auto"
-    if mode == "lstm":
-        assert auto.unmasked == ("kernel" if KERNEL_POSSIBLE else "fast"), \
-            cells.LSTM.kernel.unavailable_reason()
-        assert auto.fallback == "fast"  # for dtypes the kernel does not compute in
-        if KERNEL_POSSIBLE:
-            kernel = _plan(mode, "kernel", kernel_parts=3)
-            assert (kernel.unmasked, kernel.kernel_parts) == ("kernel", 3)
-    else:
-        assert auto.unmasked == "fast"
-        with pytest.raises(ValueError, match=rf"impl='kernel': cell '{mode}' has no fused "
-                                             rf"kernel"):
-            _plan(mode, "kernel")
+    kernel = cells.get_cell(mode).kernel
+    assert auto.unmasked == ("kernel" if KERNEL_POSSIBLE else "fast"), \
+        kernel.unavailable_reason()
+    assert auto.fallback == "fast"  # for dtypes the kernel does not compute in
+    if KERNEL_POSSIBLE:
+        planned = _plan(mode, "kernel", kernel_parts=3)
+        assert (planned.unmasked, planned.kernel_parts) == ("kernel", 3)
     # an unroll other than 1 asks for a scan: auto runs the fast layer then, not the kernel
     assert _plan(mode, "auto", unroll=2).unmasked == "fast"
 
@@ -204,9 +199,7 @@ def test_kernel_has_no_unroll():
         _plan("lstm", "kernel", unroll=2)
 
 
-@pytest.mark.parametrize("mode, impl", [
-    ("gru", "fast"), ("rnn_tanh", "fast"), ("lstm", "fast"),
-    pytest.param("lstm", "kernel", marks=needs_kernel)])
+@pytest.mark.parametrize("mode, impl", [("gru", "fast"), ("rnn_tanh", "fast"), ("lstm", "fast")])
 def test_named_impl_with_lengths_is_an_error(mode, impl):
     rnn = Recurrent(mode, 3, 4, impl=impl)
     params = _params(rnn)
@@ -218,10 +211,11 @@ def test_named_impl_with_lengths_is_an_error(mode, impl):
 
 
 @pytest.mark.parametrize("mode", ["lstm", "gru"])
-def test_auto_with_lengths_runs_the_reference(mode):
-    """With lengths, impl="auto" traces the masked reference scan: no custom-VJP layer, no
-    kernel call, and the very numbers of impl="reference" (whose parity with torch's packed
-    sequences tests/test_engine_parity.py checks)."""
+def test_auto_with_lengths_runs_the_masked_kernel(mode):
+    """With lengths, impl="auto" runs the cell's masked kernel where it can (a kernel call in
+    the program, no scan), with the numbers of the masked reference scan (whose parity with
+    torch's packed sequences tests/test_engine_parity.py and tests/test_kernels_masked.py
+    check); without a kernel it traces the masked reference scan itself."""
     auto, reference = (Recurrent(mode, 3, 4, 2, bidirectional=True, impl=impl)
                        for impl in ("auto", "reference"))
     rng = np.random.default_rng(0)
@@ -230,12 +224,15 @@ def test_auto_with_lengths_runs_the_reference(mode):
     x = jnp.asarray(rng.standard_normal((5, 2, 3)), jnp.float32)
     lengths = jnp.array([5, 2])
     text = str(jax.make_jaxpr(lambda p, x: auto.apply(p, x, lengths=lengths))(params, x))
-    assert "custom_vjp_call" not in text and "ffi_call" not in text
+    if KERNEL_POSSIBLE:
+        assert "ffi_call" in text and "scan" not in text
+    else:
+        assert "custom_vjp_call" not in text and "ffi_call" not in text
     got = jax.jit(lambda p, x: auto.apply(p, x, lengths=lengths))(params, x)
     want = jax.jit(lambda p, x: reference.apply(p, x, lengths=lengths))(params, x)
     for g, w in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
-        np.testing.assert_array_equal(g, w)
-    assert np.all(np.asarray(got[0])[2:, 1] == 0)  # padding is zero: the masked scan ran
+        np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-6)
+    assert np.all(np.asarray(got[0])[2:, 1] == 0)  # outputs past a sequence's end are zero
 
 
 def _scan_unrolls(jaxpr_text):
@@ -283,8 +280,8 @@ def test_bfloat16_falls_back_from_the_kernel():
 
 
 def test_a_custom_cell_plugs_in_its_fast_recurrence(x64):
-    """A cell of its own with `fast=` (here the built-in GRU's fields under another name, its
-    fast recurrence wrapped to count traces) is run by impl="fast" and "auto" exactly as the
+    """A cell of its own with `fast=` (here the built-in GRU's fields without its kernel, under
+    another name, its fast recurrence wrapped to count traces) is run by impl="fast" and "auto" exactly as the
     built-ins are, and matches torch.nn.GRU in float64 (outputs, state, every gradient)."""
     calls = []
 
@@ -292,7 +289,7 @@ def test_a_custom_cell_plugs_in_its_fast_recurrence(x64):
         calls.append((reverse, unroll))  # runs while tracing
         return fast.gru_fast(params, slab, carry0, reverse, unroll)
 
-    my_gru = dataclasses.replace(cells.GRU, name="my_gru", fast=counting_fast)
+    my_gru = dataclasses.replace(cells.GRU, name="my_gru", fast=counting_fast, kernel=None)
     assert _plan(my_gru, "auto").unmasked == "fast"
     rnn = Recurrent(my_gru, 3, 4, 2, bidirectional=True, impl="fast", unroll=2)
     torch.manual_seed(0)
