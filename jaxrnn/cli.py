@@ -9,6 +9,8 @@ The library speaks in fields, the command line in flags: every field of `jaxrnn.
 is a flag (`hidden_size` -> `--hidden-size`, a section's fields too:
 `tutorial.faithful_log_softmax` -> `--faithful-log-softmax`), and `cli_main` prints a
 library `UserError` on one line with each field it names (`UserError.fields`) shown as its flag.
+`--help` lists the flags in groups (`GROUPS`; a config field's group is `FIELD_GROUPS`) with
+their defaults (`HelpFormatter`), through this module's `ArgumentParser`.
 What the library leaves to its caller, the entry points decide here: jax_enable_x64 (from the
 run's dtype) and the layers' `impl` (from $JAXRNN_CPU_KERNELS, `default_impl`).
 """
@@ -19,10 +21,12 @@ import argparse
 import dataclasses
 import functools
 import inspect
+import io
 import json
 import os
 import re
 import sys
+import tokenize
 import typing
 import warnings
 
@@ -132,36 +136,180 @@ def config_fields():
 _HELP = {"cell": f"{' | '.join(CELL_NAMES)}; "
                  + ", ".join(f"{old} is {new}" for old, new in ALIASES.items()),
          "faithful_log_softmax": "tutorial models: the loss is log(softmax + 1e-6), as the "
-                                 "tutorial's (Config.tutorial.faithful_log_softmax)"}
+                                 "tutorial's (Config.tutorial.faithful_log_softmax)",
+         # the fields whose line in Config has no comment to show
+         "hidden_size": "H, each layer's hidden units", "seq_len": "T, characters per window",
+         "batch_size": "B, windows per step (streams: parallel streams of the text)",
+         "lr": "the peak learning rate", "clip_value": "the clip's norm or bound",
+         "warmup_steps": "cosine: steps of linear warm-up", "steps": "training steps in all",
+         "seed": "initial weights, dropout and samples", "log_every": "a metrics line every N",
+         "eval_every": "a validation loss every N steps (and at the end)",
+         "eval_batch_size": "streams in one evaluation batch",
+         "sample_length": "characters per sample",
+         "checkpoint_every": "a checkpoint every N steps (and at the end and at a new best)",
+         "keep_checkpoints": "ckpt-<step> files kept (besides last and best)"}
+
+# --help's groups, in the order it lists them: title -> what its flags are about.
+GROUPS = {
+    "data": "the text, its split and its batches",
+    "sampling": "what to generate and how",
+    "parity": "what is compared, and what passes",
+    "model": "the network",
+    "regularisation": "dropout and its relatives",
+    "optimisation": "optimiser, clipping and learning-rate schedule",
+    "run": "where, from what and for how long",
+    "evaluation and samples": "validation loss and text samples during the run",
+    "output": "logs, checkpoints, TensorBoard, progress",
+}
+# Config field -> its --help group. A section's fields are listed under their section
+# (`section_group`); a field missing here is listed under "other options".
+FIELD_GROUPS = {
+    **dict.fromkeys(("val_frac", "batch_mode", "carry_state", "seq_len", "batch_size"), "data"),
+    **dict.fromkeys(("model", "cell", "hidden_size", "num_layers", "embedding_size", "init",
+                     "tie_weights"), "model"),
+    **dict.fromkeys(("dropout", "weight_drop", "locked_dropout", "embedding_dropout",
+                     "zoneout"), "regularisation"),
+    **dict.fromkeys(("optimizer", "lr", "rmsprop_decay", "loss_reduction", "clip",
+                     "clip_value", "schedule", "warmup_steps", "min_lr_frac", "lr_decay",
+                     "lr_decay_after"), "optimisation"),
+    **dict.fromkeys(("steps", "minutes", "steps_per_call", "on_nonfinite", "seed", "dtype"),
+                    "run"),
+    **dict.fromkeys(("eval_every", "eval_batch_size", "sample_every", "sample_length",
+                     "sample_prime"), "evaluation and samples"),
+    **dict.fromkeys(("log_every", "checkpoint_every", "keep_checkpoints", "tensorboard"),
+                    "output"),
+}
+OTHER_GROUP = "other options"
+
+
+def section_group(section: str) -> str:
+    """The --help group of a section's fields: "tutorial options (Config.tutorial)"."""
+    return f"{section} options (Config.{section})"
+
+
+def field_group(name: str) -> str:
+    """The --help group that lists a config field's flag."""
+    for section, kind in SECTIONS.items():
+        if name in {f.name for f in dataclasses.fields(kind)}:
+            return section_group(section)
+    return FIELD_GROUPS.get(name, OTHER_GROUP)
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """The description as written (a main's docstring) and each flag's default after its help,
+    as argparse.ArgumentDefaultsHelpFormatter, but not where the help already says it, for
+    None ('not given') or for a switch."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if ("(default" in text or "%(default)" in text or action.default is None
+                or action.default is argparse.SUPPRESS or action.nargs == 0):
+            return text
+        return f"{text} (default: %(default)s)" if text else "(default: %(default)s)"
+
+
+def _group_descriptions() -> dict[str, str]:
+    """title -> description of the standard --help groups, in their order: GROUPS, then one
+    per section (its docstring's first sentence)."""
+    descriptions = dict(GROUPS)
+    for section, kind in SECTIONS.items():
+        summary = " ".join(inspect.getdoc(kind).split("\n\n")[0].split())
+        descriptions[section_group(section)] = summary.split(". ")[0].rstrip(".") + "."
+    return descriptions
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """An ArgumentParser whose --help lists flags in groups: `group(title)` is that group.
+
+    The standard groups (`_group_descriptions`) are made up front, in their order and without
+    a description (argparse shows no heading for an empty group without one); asking for one
+    gives it its description. Any other title is a new group listed after them.
+    """
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("formatter_class", HelpFormatter)
+        super().__init__(*args, **kwargs)
+        self._descriptions = _group_descriptions()
+        self._groups = {title: self.add_argument_group(title) for title in self._descriptions}
+
+    def group(self, title: str, description: str | None = None):
+        if title not in self._groups:
+            self._groups[title] = self.add_argument_group(title)
+        group = self._groups[title]
+        group.description = description or group.description or self._descriptions.get(title)
+        return group
+
+
+def _group(parser: argparse.ArgumentParser, title: str):
+    """`parser.group(title)`, or the parser itself for a plain argparse parser."""
+    return parser.group(title) if isinstance(parser, ArgumentParser) else parser
+
+
+@functools.lru_cache(maxsize=None)
+def field_comments(cls: type) -> dict[str, str]:
+    """{field: its trailing comment} from a dataclass's source (`hidden_size: int = 256  #
+    ...`, continued by comment-only lines indented past the field); {} without the source."""
+    try:
+        source = inspect.getsource(cls)
+    except (OSError, TypeError):
+        return {}
+    comments, field, last_line = {}, None, None
+    for tok in tokenize.generate_tokens(io.StringIO(source).readline):
+        text = tok.string.lstrip("#").strip()
+        if tok.type == tokenize.NAME and tok.start[1] == 4 and \
+                re.match(rf" {{4}}{tok.string}\s*:", tok.line):
+            field, last_line = tok.string, tok.start[0]  # a field's line: "    name: ..."
+        elif tok.type == tokenize.COMMENT and field is not None:
+            if tok.start[0] == last_line and tok.line.lstrip().startswith(field):
+                comments[field] = text
+            elif tok.start[0] == last_line + 1 and tok.start[1] > 4 and field in comments:
+                comments[field] += " " + text
+                last_line += 1
+            else:
+                field = None
+    return comments
+
+
+def _field_help(name: str, default) -> str:
+    kinds = (Config, *SECTIONS.values())
+    comment = next((field_comments(k)[name] for k in kinds if name in field_comments(k)), "")
+    text = _HELP.get(name, comment).replace("%", "%%")  # argparse %-formats help texts
+    return (f"{text} " if text else "") + f"(default: {default!r}, or the preset's)"
 
 
 def add_config_flags(parser: argparse.ArgumentParser) -> None:
-    """Adds `--preset` and one flag per config field (default None: 'not given')."""
-    parser.add_argument("--preset", default="default",
-                        help=f"named preset: {', '.join(PRESETS)} (default: default)")
+    """Adds `--preset` and one flag per config field (default None: 'not given'), each in its
+    --help group (`field_group`) when `parser` is this module's `ArgumentParser`. A bool
+    field's flag alone means true (`--tensorboard`), or takes a value (`--carry-state false`)."""
+    _group(parser, "run").add_argument(
+        "--preset", default="default",
+        help=f"named preset, the values of every field not given as a flag: "
+             f"{', '.join(PRESETS)} (default: default)")
     for name, kind, default in config_fields():
-        parser.add_argument(flag(name), dest=name, type=_parse_bool if kind is bool else kind,
-                            default=None, metavar=kind.__name__.upper(),
-                            help=(f"{_HELP[name]} " if name in _HELP else "")
-                            + f"(default: {default!r}, or the preset's)")
+        options = dict(nargs="?", const=True) if kind is bool else {}
+        _group(parser, field_group(name)).add_argument(
+            flag(name), dest=name, type=_parse_bool if kind is bool else kind, default=None,
+            metavar=kind.__name__.upper(), help=_field_help(name, default), **options)
 
 
 def add_text_flags(parser: argparse.ArgumentParser) -> None:
     """The flags every training entry point shares besides the config: the text and output."""
-    parser.add_argument("--data", required=True, help="a UTF-8 text file to train on")
-    parser.add_argument("--encoding", default="utf-8", help="the text file's encoding")
-    parser.add_argument("--errors", default="strict", choices=["strict", "replace", "ignore"],
-                        help="what to do with bytes the encoding cannot decode")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
-    parser.add_argument("--final-sample", type=int, default=500,
+    data, output = _group(parser, "data"), _group(parser, "output")
+    data.add_argument("--data", required=True, metavar="PATH", help="a text file to train on")
+    data.add_argument("--encoding", default="utf-8", metavar="NAME",
+                      help="the text file's encoding")
+    data.add_argument("--errors", default="strict", choices=["strict", "replace", "ignore"],
+                      help="what to do with bytes the encoding cannot decode")
+    output.add_argument("--no-progress", action="store_true", help="no progress bar")
+    output.add_argument("--final-sample", type=int, default=500, metavar="N",
                         help="characters to sample at the end (0: none)")
 
 
 def add_compile_cache_flag(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--compile-cache", default=None, metavar="DIR",
-                        help=f"persistent XLA compilation cache (default: "
-                             f"${compile_cache.ENV}, else {compile_cache.default_dir()}; "
-                             f"'off' to disable)")
+    _group(parser, "run").add_argument(
+        "--compile-cache", default=None, metavar="DIR",
+        help=f"persistent XLA compilation cache (default: ${compile_cache.ENV}, else "
+             f"{compile_cache.default_dir()}; 'off' to disable)")
 
 
 def config_overrides(args: argparse.Namespace) -> dict:
@@ -193,10 +341,10 @@ def set_x64(config: Config) -> None:
     jax.config.update("jax_enable_x64", config.dtype == "float64")
 
 
-def make_parser(main) -> argparse.ArgumentParser:
-    """An ArgumentParser whose description is `main`'s docstring."""
-    return argparse.ArgumentParser(description=inspect.getdoc(main),
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+def make_parser(main, usage: str | None = None) -> ArgumentParser:
+    """An ArgumentParser (this module's: --help groups, defaults shown) whose description is
+    `main`'s docstring; `usage` instead of argparse's list of every flag."""
+    return ArgumentParser(description=inspect.getdoc(main), usage=usage)
 
 
 # ---------------------------------------------------------------------------- the mains
@@ -215,20 +363,30 @@ def train_main(argv=None):
     JAXRNN_CPU_KERNELS=off (or 0, false, no) in the environment runs the pure-JAX layers
     instead of the fused CPU LSTM kernel (impl="fast" instead of "auto": jaxrnn.cli.default_impl).
     """
-    parser = make_parser(train_main)
+    parser = make_parser(train_main, usage="%(prog)s --data PATH --workdir DIR [flags]")
     add_text_flags(parser)
-    parser.add_argument("--workdir", required=True, help="run directory (created; resumed)")
-    parser.add_argument("--overwrite", action="store_true",
-                        help="start over in a workdir that holds another run")
-    parser.add_argument("--init-from", help="start from the parameters of this checkpoint")
+    run = parser.group("run")
+    run.add_argument("--workdir", required=True, metavar="DIR",
+                     help="run directory (created; resumed)")
+    run.add_argument("--overwrite", action="store_true",
+                     help="start over in a workdir that holds another run")
+    run.add_argument("--init-from", metavar="CHECKPOINT",
+                     help="start from the parameters of this checkpoint")
     add_config_flags(parser)
     add_compile_cache_flag(parser)
+    from jaxrnn.sweep_driver import add_sweep_flags, sweep_main
+    add_sweep_flags(parser)
+    from jaxrnn.mesh import add_mesh_flags, mesh_from_args
+    add_mesh_flags(parser)
     args = parser.parse_args(argv)
+    mesh = mesh_from_args(args)  # jax.distributed first: before any other JAX call
     if args.final_sample < 0:
         raise UserError(f"--final-sample must be 0 or more; got {args.final_sample}")
     config = config_from_args(args)
     set_x64(config)
     compile_cache.enable(args.compile_cache)
+    if args.sweep:  # many models in one program (jaxrnn.sweep_driver)
+        return sweep_main(args, config, impl=default_impl())
     print(f"config ({args.preset} preset + flags):\n{config.to_json()}", flush=True)
 
     from jaxrnn.rundir import load_run
@@ -238,7 +396,8 @@ def train_main(argv=None):
     impl = default_impl()
     result = train_and_evaluate(config, args.data, args.workdir, overwrite=args.overwrite,
                                 init_from=args.init_from, encoding=args.encoding,
-                                errors=args.errors, progress=not args.no_progress, impl=impl)
+                                errors=args.errors, progress=not args.no_progress, impl=impl,
+                                mesh=mesh)
     if result.interrupted:
         return
     print(f"trained {int(result.state.step)} steps at {result.chars_per_s:,.0f} chars/s")
@@ -252,6 +411,17 @@ def train_main(argv=None):
         text = sample_text(model, params, vocab, prime=prime, length=args.final_sample,
                            seed=config.seed)
         print(f"--- {args.final_sample}-character sample (best checkpoint) ---\n{text}")
+        if config.tensorboard and result.steps_per_s > 0:  # a finished run's again: once
+            write_final_sample(args.workdir, text, int(result.state.step))
+
+
+def write_final_sample(workdir: str, text: str, step: int) -> None:
+    """The final sample as TensorBoard text ("final_sample") in the run's tensorboard/."""
+    from jaxrnn.metrics import tensorboard_dir
+    from jaxrnn.tensorboard import write_text_once
+
+    write_text_once(tensorboard_dir(os.path.join(workdir, "metrics.jsonl")), "final_sample",
+                    text, step)
 
 
 @cli_main
@@ -263,14 +433,22 @@ def sample_main(argv=None):
     """
     parser = make_parser(sample_main)
     parser.add_argument("workdir", help="a run directory written by jaxrnn-train")
-    parser.add_argument("--prime", default="\n", help="text to start from (default: newline)")
-    parser.add_argument("--length", type=int, default=500, help="characters to generate")
-    parser.add_argument("--temperature", type=float, default=1.0)
-    parser.add_argument("--top-k", type=int, default=0, help="sample from the K likeliest (0: all)")
-    parser.add_argument("--argmax", action="store_true", help="greedy: always the likeliest")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--num", type=int, default=1, help="samples, generated as one batch")
-    parser.add_argument("--checkpoint", default="best", help="best, last, or a file")
+    sampling = parser.group("sampling")
+    sampling.add_argument("--prime", default="\n", metavar="TEXT",
+                          help="text to start from (default: newline)")
+    sampling.add_argument("--length", type=int, default=500, metavar="N",
+                          help="characters to generate")
+    sampling.add_argument("--temperature", type=float, default=1.0, metavar="T",
+                          help="divides the logits: < 1 sharper, > 1 flatter")
+    sampling.add_argument("--top-k", type=int, default=0, metavar="K",
+                          help="sample from the K likeliest (0: all)")
+    sampling.add_argument("--argmax", action="store_true", help="greedy: always the likeliest")
+    sampling.add_argument("--seed", type=int, default=0, metavar="S",
+                          help="the random draws' seed")
+    sampling.add_argument("--num", type=int, default=1, metavar="N",
+                          help="samples, generated as one batch")
+    parser.group("run").add_argument("--checkpoint", default="best", metavar="WHICH",
+                                     help="best, last, or a checkpoint file")
     add_compile_cache_flag(parser)
     args = parser.parse_args(argv)
 
@@ -299,13 +477,19 @@ def evaluate_main(argv=None):
     """
     parser = make_parser(evaluate_main)
     parser.add_argument("workdir", help="a run directory written by jaxrnn-train")
-    parser.add_argument("--data", required=True, help="the text file to evaluate on")
-    parser.add_argument("--skip-unknown", action="store_true",
-                        help="drop characters the vocabulary does not hold (and count them)")
-    parser.add_argument("--checkpoint", default="best", help="best, last, or a file")
-    parser.add_argument("--batch-size", type=int, default=None, help="parallel streams")
-    parser.add_argument("--encoding", default="utf-8")
-    parser.add_argument("--errors", default="strict", choices=["strict", "replace", "ignore"])
+    data = parser.group("data")
+    data.add_argument("--data", required=True, metavar="PATH",
+                      help="the text file to evaluate on")
+    data.add_argument("--skip-unknown", action="store_true",
+                      help="drop characters the vocabulary does not hold (and count them)")
+    data.add_argument("--encoding", default="utf-8", metavar="NAME",
+                      help="the text file's encoding")
+    data.add_argument("--errors", default="strict", choices=["strict", "replace", "ignore"],
+                      help="what to do with bytes the encoding cannot decode")
+    data.add_argument("--batch-size", type=int, default=None, metavar="N",
+                      help="parallel streams (default: the run's eval_batch_size)")
+    parser.group("run").add_argument("--checkpoint", default="best", metavar="WHICH",
+                                     help="best, last, or a checkpoint file")
     add_compile_cache_flag(parser)
     args = parser.parse_args(argv)
 
@@ -333,7 +517,10 @@ def prepare_data_main(argv=None):
     from jaxrnn.data import DEFAULT_DATA_DIR, prepare_tinyshakespeare
 
     parser = make_parser(prepare_data_main)
-    parser.add_argument("--from", dest="from_path", help="use this local copy (verified)")
-    parser.add_argument("--data-dir", default=DEFAULT_DATA_DIR, help="where to put the file")
+    data = parser.group("data", "where the text comes from and where it goes")
+    data.add_argument("--from", dest="from_path", metavar="PATH",
+                      help="use this local copy (verified)")
+    data.add_argument("--data-dir", default=DEFAULT_DATA_DIR, metavar="DIR",
+                      help="where to put the file")
     args = parser.parse_args(argv)
     print(prepare_tinyshakespeare(args.data_dir, args.from_path, quiet=True))

@@ -15,9 +15,12 @@ import json
 import math
 
 from jaxrnn.errors import UserError
-from jaxrnn.names import CELL_NAMES, canonical_cell
+from jaxrnn.names import CELL_NAMES, MIN_CELLS, canonical_cell
 
 CELLS = CELL_NAMES  # the cells a Config may name (jaxrnn.names)
+# The regularisers' fields and their off values (Config._validate_regularizers).
+REGULARIZER_OFF = {"weight_drop": 0.0, "locked_dropout": False, "embedding_dropout": 0.0,
+                   "zoneout": 0.0, "tie_weights": False}
 MODELS = ("charlm", "tutorial-rnn", "tutorial-lstm", "minlm")
 
 
@@ -63,13 +66,20 @@ class Config:
 
     # model
     model: str = "charlm"          # charlm | tutorial-rnn | tutorial-lstm | minlm (Config.minlm)
-    cell: str = "lstm"             # rnn_tanh | rnn_relu | lstm | gru (jaxrnn.names); mingru |
+    cell: str = "lstm"             # rnn_tanh | rnn_relu | lstm | gru (jaxrnn.names); lstm_ln |
+                                   # gru_ln (layer-normalised, jaxrnn.normcells); mingru |
                                    # minlstm (jaxrnn.mincells, model minlm)
     hidden_size: int = 256
     num_layers: int = 2            # minlm: its number of residual blocks
     embedding_size: int = 64       # 0: one-hot input, as char-rnn and the tutorial
     dropout: float = 0.1           # between layers and before the head (minlm: its branches)
     init: str = "pytorch"          # pytorch: U(±1/sqrt(H)) | char-rnn: U(±0.08), forget bias 1
+    # regularisers and normalisation (charlm; docs/REGULARIZERS.md, jaxrnn.regularizers)
+    weight_drop: float = 0.0       # DropConnect on weight_hh, one mask per step (AWD-LSTM)
+    locked_dropout: bool = False   # dropout's masks shared over time (variational dropout)
+    embedding_dropout: float = 0.0  # drop whole embedding rows (needs embedding_size > 0)
+    zoneout: float = 0.0           # a unit keeps its previous value w.p. zoneout (h and c)
+    tie_weights: bool = False      # the head reuses the embedding (E != H: via [H -> E])
     # data
     val_frac: float = 0.05         # char-rnn's 95/5 split by position
     batch_mode: str = "streams"    # streams (char-rnn, state carried) | random (nanoGPT)
@@ -100,6 +110,7 @@ class Config:
     sample_prime: str = "\n"        # the tutorial samples from "a"
     checkpoint_every: int = 500
     keep_checkpoints: int = 3
+    tensorboard: bool = False      # also TensorBoard events in DIR/tensorboard/ (extra tensorboard)
     on_nonfinite: str = "stop"     # stop | skip
     seed: int = 0
     dtype: str = "float32"         # float32 | float64
@@ -142,6 +153,7 @@ class Config:
             if not getattr(self, name) > 0:
                 raise UserError(f"{name} must be positive; got {getattr(self, name)}",
                                 fields=(name,))
+        self._validate_regularizers()
         if self.minutes < 0:
             raise UserError(f"minutes must be 0 or more; got {self.minutes}", fields=("minutes",))
         if self.steps == 0 and self.minutes == 0:
@@ -151,6 +163,24 @@ class Config:
             if not isinstance(getattr(self, name), section):
                 raise UserError(f"{name} must be a {section.__name__}; "
                                 f"got {getattr(self, name)!r}", fields=(name,))
+
+    def _validate_regularizers(self):
+        """The regularisers' ranges and what they need (docs/REGULARIZERS.md)."""
+        for name in ("weight_drop", "embedding_dropout", "zoneout"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise UserError(f"{name} must be in [0, 1); got {getattr(self, name)}",
+                                fields=(name,))
+        on = [name for name, off in REGULARIZER_OFF.items() if getattr(self, name) != off]
+        if on and self.model != "charlm":
+            raise UserError(f"{', '.join(on)}: options of model charlm, not {self.model}",
+                            fields=tuple(on) + ("model",))
+        for name in ("embedding_dropout", "tie_weights"):
+            if getattr(self, name) and self.embedding_size == 0:
+                raise UserError(f"{name} needs an embedding; embedding_size is 0 (one-hot "
+                                f"input)", fields=(name, "embedding_size"))
+        if self.weight_drop > 0 and self.cell in MIN_CELLS:
+            raise UserError(f"weight_drop drops weight_hh, which cell {self.cell} does not "
+                            f"have", fields=("weight_drop", "cell"))
 
     def to_json(self) -> str:
         """The config as JSON; a section is a nested object ({"tutorial": {...}})."""
@@ -205,6 +235,7 @@ def _section_from(name: str, section: type, values: dict):
 RUN_CONTROL_FIELDS = frozenset({
     "steps", "minutes", "log_every", "eval_every", "eval_batch_size", "sample_every",
     "sample_length", "sample_prime", "checkpoint_every", "keep_checkpoints", "on_nonfinite",
+    "tensorboard",
 })
 
 

@@ -9,10 +9,17 @@ Steps run in calls of K = config.steps_per_call whose boundaries sit at multiple
 resumed run makes the same calls as an uninterrupted one). After each call, `itstime` says
 which periodic jobs are due, in the spirit of big_vision's `u.itstime`: a job due every N
 steps runs after the call that crossed a multiple of N.
+
+Stopping early (out of `minutes`, or a SIGINT / SIGTERM) is decided at a call boundary, and
+with many processes every process must take the same decision at the same step, or some
+would wait forever in the next call's collectives. So after each call the driver's
+`agree(flags)` makes the decisions common (`JaxDriver`: one collective, any process's stop
+stops every process); a driver without it (one process) keeps its own.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import signal
 import time
@@ -55,6 +62,18 @@ class Driver(Protocol):
 
     def save(self, *, is_best: bool, best_val: float, elapsed_s: float) -> None:
         """Writes a checkpoint (a driver without checkpoints does nothing)."""
+
+    # Optional (`agreed` uses it if the driver has it):
+    # def agree(self, flags: tuple[bool, ...]) -> tuple[bool, ...]:
+    #     """The same flags on every process of a run: flag i is set if it is set on any
+    #     process. Every process calls it at the same point (a collective)."""
+
+
+def agreed(driver, flags: tuple[bool, ...]) -> tuple[bool, ...]:
+    """`driver.agree(flags)`, or the flags themselves for a driver without it (one process:
+    torch_baselines' TorchDriver, the tests' drivers)."""
+    agree = getattr(driver, "agree", None)
+    return tuple(flags) if agree is None else tuple(agree(tuple(flags)))
 
 
 @dataclasses.dataclass
@@ -119,6 +138,10 @@ def run_loop(driver: Driver, config: Config, metrics: MetricsWriter, *,
     every eval_every steps and at the end, a sample every sample_every steps, a checkpoint
     every checkpoint_every steps, at the end, at a new best validation loss and on a signal.
     `where` names the run directory in the message a signal prints.
+
+    `metrics.begin` is told the step the run continues from, the samples also go to
+    `metrics.write_text` (TensorBoard, when the run writes it), and `metrics.close` is
+    called on the way out, an error's included.
     """
     start_step = step = driver.step
     total_steps = config.steps or 10**12
@@ -128,7 +151,8 @@ def run_loop(driver: Driver, config: Config, metrics: MetricsWriter, *,
     bar = progress_bar(progress, start_step, config.steps or None)
     train_time = window_time = 0.0
     window_steps, val, interrupted = 0, None, False
-    with StopFlag() as stop:
+    metrics.begin(start_step)
+    with StopFlag() as stop, contextlib.closing(metrics):
         while step < total_steps:
             n = min(K - step % K, total_steps - step)  # call boundaries at multiples of K
             t0 = time.perf_counter()
@@ -153,7 +177,10 @@ def run_loop(driver: Driver, config: Config, metrics: MetricsWriter, *,
                 bar.set_postfix(loss="-" if record["loss"] is None else f"{record['loss']:.3f}",
                                 chars_s=f"{record['chars_per_s']:.0f}")
                 window_steps, window_time = 0, 0.0
-            out_of_time = deadline is not None and time.monotonic() >= deadline
+            # one decision for every process (SIGTERM on one, a clock ahead on another)
+            signum = stop.signum  # read once: a signal from here on is seen at the next call
+            out_of_time, signalled = agreed(driver, (
+                deadline is not None and time.monotonic() >= deadline, signum is not None))
             done = step >= total_steps or out_of_time
             is_best = False
             if itstime(step, config.eval_every, n) or done:
@@ -169,15 +196,17 @@ def run_loop(driver: Driver, config: Config, metrics: MetricsWriter, *,
             if itstime(step, config.sample_every, n) and not done:
                 text = driver.sample(config.sample_length, seed=step)
                 bar.write(f"--- sample at step {step} ---\n{text}\n---")
-            signum = stop.signum  # read once: a signal between the two tests still saves
-            if itstime(step, config.checkpoint_every, n) or done or is_best or signum:
+                metrics.write_text("samples", text, step)
+            if itstime(step, config.checkpoint_every, n) or done or is_best or signalled:
                 driver.save(is_best=is_best, best_val=best_val,
                             elapsed_s=elapsed_before + train_time)
-            if signum:
+                metrics.flush()  # the events up to a checkpoint are on disk with it
+            if signalled:
                 interrupted = True
                 bar.close()
-                log(f"{signal.Signals(signum).name}: saved a checkpoint at step {step} in "
-                    f"{where}; run the same command again to resume")
+                name = signal.Signals(signum).name if signum else "a signal to another process"
+                log(f"{name}: saved a checkpoint at step {step} in {where}; run the same "
+                    f"command again to resume")
                 break
             if out_of_time:
                 break

@@ -3,6 +3,8 @@
 Training lines are {"step", "loss", "grad_norm", "param_norm", "lr", "skipped", "elapsed_s",
 "chars_per_s"}, evaluation lines {"step", "val_loss", "val_bpc"}. JSON has no NaN or
 infinity: a value that is not finite (a step skipped as non-finite) is written as null.
+With `tensorboard`, the writer also forwards every record and the loop's samples to
+TensorBoard event files in tensorboard/ beside metrics.jsonl (`jaxrnn.tensorboard`).
 """
 
 from __future__ import annotations
@@ -33,11 +35,28 @@ def read_metrics(path: str, up_to_step: int | None = None) -> list[dict]:
     return [m for m in records if up_to_step is None or m["step"] <= up_to_step]
 
 
-class MetricsWriter:
-    """Appends records to a metrics.jsonl file, one flushed line each."""
+def tensorboard_dir(metrics_path: str) -> str:
+    """The TensorBoard folder of the run whose metrics file is `metrics_path`."""
+    return os.path.join(os.path.dirname(os.path.abspath(metrics_path)), "tensorboard")
 
-    def __init__(self, path: str):
+
+class MetricsWriter:
+    """Appends records to a metrics.jsonl file, one flushed line each; with `tensorboard`,
+    also to TensorBoard event files in `tensorboard_dir(path)` (a UserError here if
+    tensorboardX is not installed)."""
+
+    def __init__(self, path: str, tensorboard: bool = False):
         self.path = path
+        self.tensorboard = None
+        if tensorboard:
+            from jaxrnn.tensorboard import TensorBoardWriter
+
+            self.tensorboard = TensorBoardWriter(tensorboard_dir(path))
+
+    def begin(self, step: int) -> None:
+        """The run continues after `step` (0: a fresh start); see TensorBoardWriter.begin."""
+        if self.tensorboard is not None:
+            self.tensorboard.begin(step)
 
     def reset(self, records: list[dict]) -> None:
         """Rewrites the file to hold exactly `records` (atomically)."""
@@ -45,8 +64,25 @@ class MetricsWriter:
                                         for m in records).encode())
 
     def write(self, record: dict) -> None:
+        record = _clean(record)
         with open(self.path, "a") as f:
-            f.write(json.dumps(_clean(record), allow_nan=False) + "\n")
+            f.write(json.dumps(record, allow_nan=False) + "\n")
+        if self.tensorboard is not None:
+            self.tensorboard.write(record)
+
+    def write_text(self, tag: str, text: str, step: int) -> None:
+        """A text (a sample) at `step`: to TensorBoard only (metrics.jsonl holds numbers)."""
+        if self.tensorboard is not None:
+            self.tensorboard.write_text(tag, text, step)
+
+    def flush(self) -> None:
+        """Puts what TensorBoard's writer holds in memory on disk (metrics.jsonl always is)."""
+        if self.tensorboard is not None:
+            self.tensorboard.flush()
+
+    def close(self) -> None:
+        if self.tensorboard is not None:
+            self.tensorboard.close()
 
     def records(self, up_to_step: int | None = None) -> list[dict]:
         return read_metrics(self.path, up_to_step)

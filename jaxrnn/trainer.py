@@ -5,6 +5,13 @@ inside `train_chunk`, a `lax.scan` over K steps that gathers each step's batch o
 from the step number, so a jitted call does K steps and talks to the host once. The state is
 a plain pytree (`TrainState`) and everything the next step needs is in it, including the
 carried recurrent state, so a run resumes exactly from a checkpoint.
+
+With a `mesh` (`jaxrnn.mesh`), the same functions run data parallel: `jit_train_chunk` and
+evaluation are jitted with the state's shardings (parameters and optimiser state replicated,
+the carry and each batch split over the mesh's `data` axis along B) and run with the mesh as
+JAX's mesh context, where the recurrent layers run per device on its block of streams
+(`jaxrnn.mesh.split_batch`); the gradient's sum over devices is shard_map's and the
+compiler's. Without one (None) everything is on one device, as it always was.
 """
 
 from __future__ import annotations
@@ -20,6 +27,7 @@ import numpy as np
 import optax
 
 from jaxrnn import data as data_lib
+from jaxrnn import mesh as mesh_lib
 from jaxrnn.config import Config
 from jaxrnn.errors import UserError
 from jaxrnn.models import build_model
@@ -40,25 +48,36 @@ class TrainState(NamedTuple):
 
 @dataclasses.dataclass(frozen=True)
 class Trainer:
-    """The model, optimiser and data layout of one run, with its jitted functions."""
+    """The model, optimiser and data layout of one run, with its jitted functions.
+
+    mesh: a `jax.sharding.Mesh` with a `data` axis (`jaxrnn.mesh`) to train data parallel
+    over its devices, or None: one device.
+    """
 
     config: Config
     model: Any
     optimizer: Any
     schedule: Any
     num_train_tokens: int
+    mesh: Any = None
 
     @classmethod
-    def create(cls, config: Config, vocab_size: int, num_train_tokens: int, impl="auto"):
-        """The trainer of a config; float64 needs jax_enable_x64 on (the caller's choice)."""
+    def create(cls, config: Config, vocab_size: int, num_train_tokens: int, impl="auto",
+               mesh=None):
+        """The trainer of a config; float64 needs jax_enable_x64 on (the caller's choice).
+
+        With a `mesh`, its device count must divide batch_size (a UserError says which fit).
+        """
         if config.dtype == "float64" and not jax.config.jax_enable_x64:
             raise UserError("dtype float64 needs jax_enable_x64 on; turn it on before "
                             "training (jaxrnn-train does so from the config)", fields=("dtype",))
+        if mesh is not None:
+            mesh_lib.check_batch(config.batch_size, mesh.size, jax.process_count())
         layout = data_lib.StreamLayout(num_train_tokens, config.batch_size, config.seq_len)
         layout.check()
         optimizer, schedule = make_optimizer(config, layout.windows_per_epoch)
         return cls(config, build_model(config, vocab_size, impl), optimizer, schedule,
-                   num_train_tokens)
+                   num_train_tokens, mesh)
 
     def init_state(self, seed: int | None = None) -> TrainState:
         key = jax.random.key(self.config.seed if seed is None else seed)
@@ -150,7 +169,9 @@ class Trainer:
         """`num_steps` training steps as one lax.scan; returns (state, metrics [num_steps])."""
 
         def body(state, _):
+            state = state._replace(carry=self._split_carry(state.carry))
             batch = self.get_batch(tokens, state.step, state.rng)
+            batch = (*self._split_rows(batch[:2]), batch[2])
             key = jax.random.fold_in(jax.random.wrap_key_data(state.rng), 2 * state.step)
             return self.train_step(state, batch, key)
 
@@ -158,12 +179,72 @@ class Trainer:
 
     @functools.cached_property
     def jit_train_chunk(self):
-        """`train_chunk` jitted (num_steps static, the state donated); one per trainer."""
-        return jax.jit(self.train_chunk, static_argnums=2, donate_argnums=0)
+        """`train_chunk` jitted (num_steps static, the state donated); one per trainer.
+
+        With a mesh: the state in and out with `state_shardings`, the text replicated, the
+        metrics replicated, traced and run with the mesh as JAX's mesh context
+        (`jaxrnn.mesh.in_mesh`), so each layer's recurrence runs on each device's own block
+        of streams (`jaxrnn.mesh.split_batch`)."""
+        if self.mesh is None:
+            return jax.jit(self.train_chunk, static_argnums=2, donate_argnums=0)
+        everywhere = mesh_lib.replicated(self.mesh)
+        return mesh_lib.in_mesh(jax.jit(self.train_chunk, static_argnums=2, donate_argnums=0,
+                                        in_shardings=(self.state_shardings, everywhere),
+                                        out_shardings=(self.state_shardings, everywhere)),
+                                self.mesh)
+
+    # ------------------------------------------------------------------------ the mesh
+
+    @functools.cached_property
+    def carry_axes(self):
+        """The batch axis of each leaf of the carried state (`jaxrnn.mesh.batch_axes`)."""
+        return mesh_lib.batch_axes(self.model.zero_state, self.config.batch_size)
+
+    @functools.cached_property
+    def state_shardings(self) -> TrainState:
+        """The TrainState's NamedShardings on the mesh: the carry split over `data` along B,
+        everything else replicated."""
+        shapes = jax.eval_shape(self.init_state)
+        everywhere = mesh_lib.replicated(self.mesh)
+        return jax.tree.map(lambda _: everywhere, shapes)._replace(
+            carry=mesh_lib.carry_shardings(self.mesh, shapes.carry, self.carry_axes))
+
+    def put_state(self, state: TrainState) -> TrainState:
+        """A state (host or device arrays, identical on every process) on the devices: the
+        mesh's shardings, or the default device without a mesh."""
+        if self.mesh is None:
+            return jax.device_put(state)
+        return mesh_lib.put(jax.device_get(state), self.state_shardings)
+
+    def put_tokens(self, tokens):
+        """The training text on the devices (replicated over the mesh)."""
+        if self.mesh is None:
+            return jnp.asarray(tokens)
+        return mesh_lib.put(np.asarray(tokens), mesh_lib.replicated(self.mesh))
+
+    def _split_carry(self, carry):
+        """The carry constrained to its sharding (identity without a mesh)."""
+        if self.mesh is None:
+            return carry
+        return jax.lax.with_sharding_constraint(
+            carry, mesh_lib.carry_shardings(self.mesh, carry, self.carry_axes))
+
+    def _split_rows(self, arrays, axis: int = 0):
+        """Arrays constrained to be split over `data` along `axis` (identity without a mesh)."""
+        if self.mesh is None:
+            return arrays
+        return jax.tree.map(lambda a: jax.lax.with_sharding_constraint(
+            a, mesh_lib.split_along(self.mesh, a.ndim, axis)), arrays)
 
     @functools.cached_property
     def _jit_eval(self):
-        return jax.jit(self.eval_windows_sum)
+        if self.mesh is None:
+            return jax.jit(self.eval_windows_sum)
+        everywhere = mesh_lib.replicated(self.mesh)
+        windows = mesh_lib.split_along(self.mesh, 3, 1)  # [W, B, T] split along B
+        return mesh_lib.in_mesh(jax.jit(self.eval_windows_sum, out_shardings=everywhere,
+                                        in_shardings=(everywhere, windows, windows, windows)),
+                                self.mesh)
 
     # ------------------------------------------------------------------------ evaluation
 
@@ -174,14 +255,24 @@ class Trainer:
         """
         batch_size = batch_size or self.config.eval_batch_size
         inputs, targets, weights = data_lib.eval_windows(tokens, batch_size, self.config.seq_len)
-        total, count = self._jit_eval(params, jnp.asarray(inputs), jnp.asarray(targets),
-                                      jnp.asarray(weights))
+        if self.mesh is None:
+            windows = [jnp.asarray(a) for a in (inputs, targets, weights)]
+        else:  # streams of weight 0 up to a multiple of the device count, split over `data`
+            pad = -inputs.shape[1] % self.mesh.size
+            windows = mesh_lib.put([np.pad(a, ((0, 0), (0, pad), (0, 0)))
+                                    for a in (inputs, targets, weights)],
+                                   mesh_lib.split_along(self.mesh, 3, 1))
+        total, count = mesh_lib.to_host(self._jit_eval(params, *windows))
         loss = float(total) / float(count)
         return {"loss_nats": loss, "bits_per_char": loss / math.log(2), "chars": int(count)}
 
     def eval_windows_sum(self, params, inputs, targets, weights):
         """Summed weighted NLL and weight over [W, B, T] windows, state carried."""
         carry0 = self.model.zero_state(inputs.shape[1])
+        if self.mesh is not None:
+            axes = mesh_lib.batch_axes(self.model.zero_state, inputs.shape[1])
+            carry0 = jax.lax.with_sharding_constraint(
+                carry0, mesh_lib.carry_shardings(self.mesh, carry0, axes))
 
         def body(carry, window):
             x, y, w = window
