@@ -7,19 +7,36 @@ BIN := $(VENV)/bin
 WORKDIR ?= runs/default
 PRESET ?= default
 TRAIN_FLAGS ?=
+PIP ?= $(PY) -m pip
+# torch's CPU-only wheels: where no NVIDIA driver is present, the dev install takes torch from
+# here instead of the default index's multi-GB CUDA build.
+TORCH_CPU_INDEX ?= https://download.pytorch.org/whl/cpu
 
 .PHONY: train test test-slow bench parity data venv clean
 
 $(VENV)/.installed-runtime: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e .
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q -e .
 	touch $@
 
+# torch: one already installed is kept; with an NVIDIA driver (nvidia-smi on PATH or
+# /proc/driver/nvidia) the default index's CUDA build comes with the torch extra; without one
+# the CPU build comes first from TORCH_CPU_INDEX, and from the default index if that index
+# cannot be reached.
 $(VENV)/.installed-dev: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[torch,dev,bench]'
+	$(PIP) install -q --upgrade pip
+	@if $(PY) -c "import torch" >/dev/null 2>&1; then \
+	  echo "torch is installed already: kept"; \
+	elif command -v nvidia-smi >/dev/null 2>&1 || [ -e /proc/driver/nvidia ]; then \
+	  echo "an NVIDIA driver is present: torch (CUDA build) from the default index"; \
+	else \
+	  echo "no NVIDIA driver: torch's CPU build from $(TORCH_CPU_INDEX)"; \
+	  $(PIP) install -q --retries 1 --timeout 20 torch --index-url $(TORCH_CPU_INDEX) || \
+	    echo "$(TORCH_CPU_INDEX) cannot be reached: torch from the default index"; \
+	fi
+	$(PIP) install -q -e '.[torch,dev,bench]'
 	touch $@ $(VENV)/.installed-runtime
 
 venv: $(VENV)/.installed-runtime

@@ -18,6 +18,11 @@ A record (one per workload and peer; the JSON written by --json is a list of the
     jaxrnn-sequential's, the sequential lax.scan; None elsewhere).
 A peer that failed its check or crashed has ok = False and is marked FAIL in the table.
 
+W6p (W6p-lstm, W6p-gru: variable lengths) runs through `benchmarks.peers_packed.run`, one
+child per peer: records of kind "packed" with the same keys, chars/s counted over the valid
+elements, ratio_to_torch to torch-packed's, and on jaxrnn's masked_cost_ratio (its median step
+time over jaxrnn-unmasked's at the same padded shape); the table adds a line with both.
+
 W7 (`run_layers`) runs one child per case (cell, H, T) and makes one record per measurement
 (case, impl, mode): kind "layer", workload "W7", peer "jaxrnn", impl, resolved (what the impl
 ran: kernel, fast, reference, deer, ...), cell, hidden_size, state_size, batch_size, seq_len,
@@ -46,10 +51,11 @@ import sys
 import tempfile
 import time
 
+from benchmarks import peers_packed
 from benchmarks import workloads as wl
 
 PEERS = ("jaxrnn", "jaxrnn-default", "jaxrnn-sequential", "torch", "torch-loop", "torch-mingru",
-         "flax", "autograd", "jax-cudnn")
+         "flax", "autograd", "jax-cudnn", "torch-packed", "torch-padded", "jaxrnn-unmasked")
 SAMPLING_PEERS = ("jaxrnn", "torch")
 # W6 (the minimal cells): jaxrnn's parallel scan and its sequential lax.scan, a PyTorch minGRU
 # and, for scale, torch.nn.GRU; the other peers have no minGRU. These two run W6 only.
@@ -57,9 +63,14 @@ MIN_CELL_PEERS = ("jaxrnn", "jaxrnn-sequential", "torch-mingru", "torch")
 MIN_CELL_ONLY_PEERS = ("jaxrnn-sequential", "torch-mingru")
 LAYER_PEERS = ("jaxrnn",)  # W7 measures jaxrnn's layers only
 GPU_ONLY_PEERS = ("jax-cudnn",)  # in the default peers on a GPU only
+# W6p (variable lengths, benchmarks/peers_packed.py): its own five peers, jaxrnn and flax
+# among them; the other three run W6p only.
+PACKED_PEERS = peers_packed.PEERS
+PACKED_ONLY_PEERS = ("torch-packed", "torch-padded", "jaxrnn-unmasked")
 REQUIRES = {"jaxrnn": "jax", "jaxrnn-default": "jax", "jaxrnn-sequential": "jax", "flax": "flax",
             "torch": "torch", "torch-loop": "torch", "torch-mingru": "torch",
-            "autograd": "autograd", "jax-cudnn": "jax"}
+            "autograd": "autograd", "jax-cudnn": "jax", "torch-packed": "torch",
+            "torch-padded": "torch", "jaxrnn-unmasked": "jax"}
 RECORD_KEYS = ("workload", "peer", "chars_per_s_median", "chars_per_s_min", "chars_per_s_max",
                "ratio_to_torch", "compile_s", "pct_peak", "peak_rss_mib")
 DEFAULT_REPEAT = 10
@@ -84,6 +95,10 @@ def machine_info() -> str:
 def applies(workload_id: str, peer: str) -> bool:
     if workload_id == wl.LAYERS.id:
         return peer in LAYER_PEERS
+    if workload_id in wl.PACKED_IDS:
+        return peer in PACKED_PEERS
+    if peer in PACKED_ONLY_PEERS:
+        return False
     if workload_id in wl.SAMPLING:
         return peer in SAMPLING_PEERS
     if wl.TRAINING[workload_id].cell in wl.MIN_CELLS:
@@ -101,13 +116,13 @@ def installed(peer: str) -> bool:
 
 def expand_workloads(ids) -> list[str]:
     """W1..W5, W7 and single ids as given; S1 becomes its two batch sizes (S1-B1, S1-B64),
-    W6 its four T (W6-256 ... W6-16384)."""
+    W6 its four T (W6-256 ... W6-16384), W6p its two cells (W6p-lstm, W6p-gru)."""
     out = []
     for workload_id in ids:
         if workload_id in wl.GROUPS:
             out.extend(wl.GROUPS[workload_id])
         elif (workload_id in wl.TRAINING or workload_id in wl.SAMPLING
-              or workload_id == wl.LAYERS.id):
+              or workload_id in (wl.LAYERS.id, wl.SWEEP_ID) or workload_id in wl.PACKED_IDS):
             out.append(workload_id)
         else:
             raise ValueError(f"unknown workload {workload_id!r}; choose from "
@@ -270,6 +285,25 @@ def run_benchmarks(workloads=wl.DEFAULT_WORKLOADS, peers=None, *,
     records = []
     for workload_id in workload_ids:
         workload = wl.get(workload_id)
+        if workload_id == wl.SWEEP_ID:  # W8 brings its own peers (sweep_workload.PEERS)
+            from benchmarks import sweep_workload
+
+            records.extend(sweep_workload.run(quick=quick, repeat=repeat, budget_s=budget_s,
+                                              text=text_file, device=device, tf32=tf32,
+                                              timeout_s=timeout_s, log=log))
+            if on_workload is not None:
+                on_workload(records)
+            continue
+        if workload_id in wl.PACKED_IDS:  # W6p: its own driver (benchmarks/peers_packed.py)
+            packed = [p for p in runnable if applies(workload_id, p)]
+            records.extend(peers_packed.run(
+                [workload_id], packed, quick=quick, repeat=repeat, budget_s=budget_s,
+                bracket_torch=bracket_torch, torch_threads=torch_threads, device=device,
+                tf32=tf32, timeout_s=timeout_s, peak_gflops=peak_gflops, machine=machine,
+                log=log))
+            if on_workload is not None:
+                on_workload(records)
+            continue
         if workload_id == wl.LAYERS.id:
             if not any(applies(workload_id, p) for p in runnable):
                 log(f"note: skipping {workload_id}: it measures the jaxrnn peer only, which "
@@ -545,6 +579,9 @@ def format_table(records: list[dict]) -> str:
     tables = []
     if records or not layer_records:
         tables.append(_format_speed_table(records))
+    packed_summary = peers_packed.format_summary(records)  # W6p: jaxrnn's two targets
+    if packed_summary:
+        tables[-1] += "\n" + packed_summary
     if layer_records:
         tables.append(format_layer_table(layer_records))
     return "\n\n".join(tables)

@@ -119,17 +119,30 @@ TRAINING = {w.id: w for w in (W1, W2, W3, W4, W5) + W6}
 SAMPLING = {s.id: s for s in (SamplingWorkload("S1-B1", W2, 1),
                               SamplingWorkload("S1-B64", W2, 64))}
 # --workloads names that stand for several workloads
-GROUPS = {"S1": tuple(SAMPLING), "W6": tuple(w.id for w in W6)}
+# W6p: variable-length (packed) sequence classification, LSTM and GRU 1x256, B=32, T=500:
+# benchmarks/peers_packed.py (its own peers; runs when named)
+PACKED_IDS = ("W6p-lstm", "W6p-gru")
+GROUPS = {"S1": tuple(SAMPLING), "W6": tuple(w.id for w in W6), "W6p": PACKED_IDS}
 # What --workloads accepts (and any id of TRAINING / SAMPLING, e.g. W6-1024); S1 stands for both
 # of its batch sizes, W6 for its four T. DEFAULT_WORKLOADS is what runs without --workloads:
-# W6 and W7 are left out, each would add about as much time as the rest of the run.
-WORKLOAD_IDS = ("W1", "W2", "W3", "W4", "W5", "S1", "W6", "W7")
+# W6 and W7 are left out, each would add about as much time as the rest of the run, and W6p
+# (about 10 minutes on 2 cores).
+WORKLOAD_IDS = ("W1", "W2", "W3", "W4", "W5", "S1", "W6", "W6p", "W7", "W8")
+SWEEP_ID = "W8"  # a sweep of 8 W2 members: benchmarks/sweep_workload.py (runs when named)
 DEFAULT_WORKLOADS = ("W1", "W2", "W3", "W4", "W5", "S1")
 
 
 def get(workload_id: str):
     if workload_id == LAYERS.id:
         return LAYERS
+    if workload_id == SWEEP_ID:
+        from benchmarks.sweep_workload import W8
+
+        return W8
+    if workload_id in PACKED_IDS:
+        from benchmarks.peers_packed import W6P
+
+        return W6P[workload_id]
     return TRAINING.get(workload_id) or SAMPLING[workload_id]
 
 

@@ -358,3 +358,174 @@ def test_bench_w6_w7_smoke(tmp_path):
         else:
             assert r["iterations"] is None and r["resolved"] in ("reference", "fast", "kernel")
     assert "x seq" in stdout and "ms/call median [min-max]" in stdout
+
+
+# ---------------------------------------------------------------------------- W6p
+
+
+def _tiny_packed(cell: str, **fields):
+    """A W6p workload small enough for the default suite (H 16, T 20, B 4)."""
+    import dataclasses
+
+    from benchmarks.peers_packed import W6P
+
+    tiny = dict(hidden_size=16, seq_len=20, batch_size=4, input_size=8, num_classes=3,
+                lr=0.05, block_steps=2, quick_block_steps=2)
+    return dataclasses.replace(W6P[f"W6p-{cell}"], **{**tiny, **fields})
+
+
+def test_w6p_is_named_not_default():
+    from benchmarks import peers_packed as pp
+
+    assert bench.expand_workloads(["W6p"]) == ["W6p-lstm", "W6p-gru"]
+    assert "W6p" in wl.WORKLOAD_IDS and not {"W6p"} & set(wl.DEFAULT_WORKLOADS)
+    w = wl.get("W6p-gru")
+    assert (w.cell, w.hidden_size, w.batch_size, w.seq_len) == ("gru", 256, 32, 500)
+    assert set(p for p in bench.PEERS if bench.applies("W6p-lstm", p)) == set(pp.PEERS)
+    for peer in ("torch-packed", "torch-padded", "jaxrnn-unmasked"):
+        assert not any(bench.applies(w, peer) for w in ("W1", "W2", "W5", "S1-B1", "W6-256"))
+    # the batch: lengths uniform in [T/8, T] from the seed, zero input past each end
+    x, lengths, labels = pp.packed_batch(w)
+    assert x.shape == (500, 32, 64) and lengths.min() >= 62 and lengths.max() <= 500
+    assert len(set(lengths.tolist())) > 16 and labels.max() < w.num_classes
+    assert np.all(x[np.arange(500)[:, None] >= lengths] == 0)
+    assert np.all(x[lengths - 1, np.arange(32)] != 0)
+    np.testing.assert_array_equal(pp.packed_batch(w)[1], lengths)  # fixed by the seed
+    # FLOPs over the valid elements only: (64 + 256) x 3*256 per element, the head per sequence
+    assert pp.step_flops(w, lengths) == 3 * 2 * (lengths.sum() * 320 * 768 + 32 * 256 * 10)
+
+
+def test_w6p_tiny_run_every_peer():
+    """Every W6p peer on tiny LSTM and GRU workloads, in this process: records, the check,
+    the ratios to torch-packed, the masked / unmasked cost, the table's summary line."""
+    pytest.importorskip("torch")
+    pytest.importorskip("flax")
+    from benchmarks import peers_packed as pp
+    from jaxrnn import Recurrent
+
+    workloads = [_tiny_packed("lstm"), _tiny_packed("gru")]
+    records = pp.run(workloads, quick=True, repeat=1, budget_s=1.0, peak_gflops=100.0,
+                     log=lambda *_: None, child=pp.run_in_process)
+    assert [(r["workload"], r["peer"]) for r in records] == [
+        (w.id, p) for w in workloads for p in pp.PEERS]
+    for r in records:
+        assert set(bench.RECORD_KEYS) <= set(r) and r["kind"] == "packed"
+        assert r["ok"], r["check"]
+        assert r["loss_last"] < r["loss_first"]
+        assert r["chars_per_s_min"] <= r["chars_per_s_median"] <= r["chars_per_s_max"]
+        assert r["ratio_to_torch"] > 0 and r["pct_peak"] > 0
+    for w in workloads:
+        by = {r["peer"]: r for r in records if r["workload"] == w.id}
+        assert by["torch-packed"]["ratio_to_torch"] == 1.0
+        assert by["torch-packed"]["reps"] == 2  # bracketed: run before and after the others
+        # a forward layer's last valid output is the same padded or packed: equal first losses
+        # from equal initialisations (torch's seed, jaxrnn's key)
+        assert by["torch-padded"]["loss_first"] == pytest.approx(
+            by["torch-packed"]["loss_first"], rel=1e-5)
+        assert by["jaxrnn-unmasked"]["loss_first"] == pytest.approx(
+            by["jaxrnn"]["loss_first"], rel=1e-5)
+        assert by["jaxrnn"]["masked_cost_ratio"] > 0
+        if Recurrent(w.cell, 8, 16).plan.unmasked == "kernel":  # the kernels built here
+            assert by["jaxrnn"]["config"]["layers"] == "kernel"
+            assert by["jaxrnn-unmasked"]["config"]["layers"] == "kernel"
+    table = bench.format_table(records)
+    for peer in pp.PEERS:
+        assert peer in table
+    for w in workloads:
+        assert f"{w.id}: jaxrnn " in table
+    assert table.count("unmasked step time at the same padded shape") == 2
+    assert "x torch is the ratio to torch-packed" in table
+
+
+def test_w6p_peers_flag_runs_only_those(monkeypatch):
+    """--peers jaxrnn,torch-packed on W6p: only those two (torch-packed bracketing jaxrnn),
+    through run_benchmarks' dispatch, with a fake child process."""
+    from benchmarks import peers_packed as pp
+
+    ran = []
+
+    def fake_spawn(task, timeout_s):
+        ran.append((task["workload"]["id"], task["peer"]))
+        step_s = 0.5 if task["peer"] == "torch-packed" else 0.1
+        return {"step_times": [step_s] * 3, "compile_s": 1.0, "ok": True, "check": "fine",
+                "loss_first": 2.3, "loss_last": 2.0, "block_steps": 4, "reps": 3,
+                "peak_rss_mib": 100.0, "wall_s": 1.0}
+
+    def fake_child(task, timeout_s):
+        assert task["kind"] == "peak", task
+        return {"gflops": {"numpy": 100.0}, "size": 8, "device": "cpu", "tf32": False}
+
+    monkeypatch.setattr(pp, "spawn", fake_spawn)
+    monkeypatch.setattr(bench, "run_child", fake_child)
+    records = bench.run_benchmarks(["W6p"], ["jaxrnn", "torch-packed"], device="cpu",
+                                   log=lambda *_: None)
+    assert ran == [(w, p) for w in ("W6p-lstm", "W6p-gru")
+                   for p in ("torch-packed", "jaxrnn", "torch-packed")]
+    assert [(r["workload"], r["peer"]) for r in records] == [
+        (w, p) for w in ("W6p-lstm", "W6p-gru") for p in ("torch-packed", "jaxrnn")]
+    jaxrnn = records[1]
+    assert jaxrnn["ratio_to_torch"] == pytest.approx(5.0)
+    assert jaxrnn["masked_cost_ratio"] is None  # no jaxrnn-unmasked ran
+    assert "jaxrnn 5.00x torch-packed's chars/s" in bench.format_table(records)
+
+
+def test_w6p_jaxrnn_and_torch_packed_losses_agree_float64():
+    """From the same weights (torch_baselines.convert), jaxrnn's masked step and torch-packed's
+    (and the padded variants of both) give the same losses over 3 Adam steps, in float64."""
+    torch = pytest.importorskip("torch")
+    import jax
+
+    from benchmarks import peers_packed as pp
+    from torch_baselines.convert import params_from_state_dict
+
+    for cell in ("lstm", "gru"):
+        w = _tiny_packed(cell, lr=0.01)
+        x, lengths, labels = pp.packed_batch(w)
+        torch.manual_seed(0)
+        packed = pp.torch_classifier(w, packed=True).double()
+        weights = {k: v.clone() for k, v in packed.state_dict().items()}
+        losses = {}
+        with jax.enable_x64(True):
+            for masked in (True, False):
+                rnn, _, logits = pp.jaxrnn_classifier(w, masked)
+                params = {"rnn": params_from_state_dict(
+                              rnn, {k[4:]: v.numpy().copy() for k, v in weights.items()
+                                    if k.startswith("rnn.")}, jnp.float64),
+                          "head": {"weight": jnp.asarray(weights["head.weight"].numpy().copy()),
+                                   "bias": jnp.asarray(weights["head.bias"].numpy().copy())}}
+                optimizer, step = pp.jax_train_step(logits, w)
+                state = optimizer.init(params)
+                batch = (jnp.asarray(x, jnp.float64), jnp.asarray(lengths), jnp.asarray(labels))
+                out = []
+                for _ in range(3):
+                    params, state, loss = step(params, state, *batch)
+                    out.append(float(loss))
+                losses["jaxrnn" if masked else "jaxrnn-unmasked"] = out
+        for name in ("torch-packed", "torch-padded"):
+            model = pp.torch_classifier(w, packed=name == "torch-packed").double()
+            model.load_state_dict(weights)
+            step = pp.torch_train_step(model, w, torch.from_numpy(x).double(),
+                                       torch.from_numpy(lengths), torch.from_numpy(labels))
+            losses[name] = [float(step()) for _ in range(3)]
+        assert losses["torch-packed"][2] < losses["torch-packed"][0]
+        for name, values in losses.items():
+            np.testing.assert_allclose(values, losses["torch-packed"], rtol=1e-10,
+                                       err_msg=f"{cell}: {name}")
+
+
+@pytest.mark.slow
+def test_bench_w6p_smoke(tmp_path):
+    """The real command on W6p (both cells, every peer, full size, --quick)."""
+    from benchmarks import peers_packed as pp
+
+    stdout, records = _run_bench(tmp_path, "--workloads", "W6p")
+    installed = [p for p in pp.PEERS if importlib.util.find_spec(bench.REQUIRES[p])]
+    assert {(r["workload"], r["peer"]) for r in records} == {
+        (w, p) for w in wl.PACKED_IDS for p in installed}
+    for r in records:
+        assert set(bench.RECORD_KEYS) <= set(r), r
+        assert r["ok"], r["check"]
+        assert r["loss_last"] < r["loss_first"] and r["ratio_to_torch"] > 0
+    assert "x torch is the ratio to torch-packed" in stdout
+    if "jaxrnn-unmasked" in installed:
+        assert stdout.count("unmasked step time at the same padded shape") >= 2

@@ -6,6 +6,12 @@ import subprocess
 import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+try:  # the tensorboard extra: then the end-to-end run writes TensorBoard events too
+    import tensorboardX  # noqa: F401
+
+    TENSORBOARD = ("--tensorboard",)
+except ImportError:
+    TENSORBOARD = ()
 
 
 def run(*args, check=True):
@@ -25,8 +31,14 @@ def test_train_sample_evaluate(tmp_path, small_text):
                "--hidden-size", "32", "--embedding-size", "16", "--num-layers", "1",
                "--batch-size", "8", "--seq-len", "16", "--steps", "40", "--eval-every", "20",
                "--checkpoint-every", "20", "--log-every", "10", "--val-frac", "0.1",
-               "--no-progress", "--final-sample", "50")
+               "--no-progress", "--final-sample", "50", *TENSORBOARD)
     assert "validation loss:" in proc.stdout and "50-character sample" in proc.stdout
+    if TENSORBOARD:  # the final sample is TensorBoard text too, at the last step
+        from tests.test_tensorboard import read_events
+
+        sample = proc.stdout.split("50-character sample (best checkpoint) ---\n")[1][:-1]
+        assert read_events(workdir / "tensorboard")["texts"]["final_sample"] == \
+            [(40, f"```\n{sample}\n```")]
     for name in ("config.json", "vocab.json", "metrics.jsonl", "loss.png", "last.msgpack",
                  "best.msgpack"):
         assert (workdir / name).exists(), name
@@ -149,8 +161,88 @@ def test_console_scripts_are_installed_and_scripts_are_thin():
                if ep.name.startswith("jaxrnn-")}
     assert set(scripts) == {"jaxrnn-train", "jaxrnn-sample", "jaxrnn-evaluate",
                             "jaxrnn-prepare-data", "jaxrnn-bench", "jaxrnn-parity",
-                            "jaxrnn-train-torch"}, "pip install -e . registers them"
+                            "jaxrnn-train-torch", "jaxrnn-export", "jaxrnn-import"}, \
+        "pip install -e . registers them"
     for ep in scripts.values():
         assert callable(ep.load()), ep
     for path in pathlib.Path(ROOT, "scripts").glob("*.py"):
         assert "sys.path" not in path.read_text(), path
+
+
+# ---------------------------------------------------------------------------- --help
+
+
+def _help_sections(main, capsys) -> dict[str, list[str]]:
+    """{group title: [its flags]} of `main(["--help"])`'s output, and the whole text."""
+    import re
+
+    import pytest
+
+    with pytest.raises(SystemExit) as info:
+        main(["--help"])
+    assert info.value.code == 0
+    text = capsys.readouterr().out
+    sections, title = {}, None
+    for line in text.splitlines():
+        if re.match(r"^\S.*:$", line) and not line.startswith("usage"):
+            title = line[:-1]
+            sections[title] = []
+        elif title is not None:
+            sections[title] += re.findall(r"^  (--[\w-]+)", line)
+    return sections, " ".join(text.split())  # the text with its line breaks undone
+
+
+def test_help_groups_the_flags_and_shows_defaults(capsys):
+    from benchmarks.cli import main as bench_main
+    from jaxrnn import cli
+    from torch_baselines.cli import parity_main, train_torch_main
+
+    for main in (cli.train_main, train_torch_main, parity_main):
+        sections, text = _help_sections(main, capsys)
+        for name, _, default in cli.config_fields():
+            group = cli.field_group(name)
+            assert group != cli.OTHER_GROUP, f"{name}: give it a group in jaxrnn.cli.FIELD_GROUPS"
+            assert cli.flag(name) in sections[group], (main.__name__, name, group)
+        assert "--preset" in sections["run"] and "--data" in sections["data"]
+        assert "(default: 256, or the preset's)" in text  # --hidden-size
+        titles = list(sections)
+        assert titles.index("data") < titles.index("model") < titles.index("optimisation") \
+            < titles.index("output"), titles
+    sections, text = _help_sections(cli.train_main, capsys)
+    assert {"--workdir", "--overwrite", "--init-from", "--compile-cache"} <= set(sections["run"])
+    assert {"--no-progress", "--final-sample", "--tensorboard"} <= set(sections["output"])
+    assert "--encoding NAME" in text and "(default: utf-8)" in text
+    assert "(default: 500)" in text  # --final-sample
+    sections, _ = _help_sections(parity_main, capsys)
+    assert {"--all", "--threshold", "--argmax-sample"} <= set(sections["parity"])
+
+    sections, text = _help_sections(cli.sample_main, capsys)
+    assert set(sections["sampling"]) == {"--prime", "--length", "--temperature", "--top-k",
+                                         "--argmax", "--seed", "--num"}
+    assert "(default: 1.0)" in text and "(default: best)" in text
+    sections, _ = _help_sections(cli.evaluate_main, capsys)
+    assert {"--data", "--skip-unknown", "--batch-size"} <= set(sections["data"])
+    sections, _ = _help_sections(cli.prepare_data_main, capsys)
+    assert set(sections["data"]) == {"--from", "--data-dir"}
+    for main in (cli.sample_main, cli.evaluate_main, cli.prepare_data_main, bench_main):
+        sections, _ = _help_sections(main, capsys)
+        assert not sections["options"], (main.__name__, sections["options"])  # only -h
+    sections, text = _help_sections(bench_main, capsys)
+    assert {"--json", "--plot", "--from-json"} <= set(sections["output"])
+    assert "(default: 10)" in text  # --repeat
+
+
+def test_a_bool_flag_alone_means_true():
+    import argparse
+
+    from jaxrnn import cli
+
+    parser = cli.ArgumentParser()
+    cli.add_config_flags(parser)
+    assert cli.config_from_args(parser.parse_args(["--tensorboard"])).tensorboard is True
+    config = cli.config_from_args(parser.parse_args(["--carry-state", "false",
+                                                     "--tensorboard", "no"]))
+    assert config.carry_state is False and config.tensorboard is False
+    plain = argparse.ArgumentParser()  # a plain parser takes the flags too, ungrouped
+    cli.add_config_flags(plain)
+    assert cli.config_from_args(plain.parse_args(["--hidden-size", "8"])).hidden_size == 8

@@ -15,7 +15,7 @@ import os
 import sys
 
 from jaxrnn.cli import (add_config_flags, add_text_flags, cli_main, config_from_args,
-                        config_overrides, make_parser, set_x64)
+                        config_overrides, make_parser, set_x64, write_final_sample)
 from jaxrnn.names import TORCH_CELLS
 
 OPTIMIZERS = ("adam", "rmsprop", "sgd")
@@ -51,21 +51,23 @@ def parity_main(argv=None):
     combination, then a summary JSON line. Exits with 1 when a loss difference exceeds the
     threshold (default 1e-9 in float64, 1e-4 in float32) or greedy samples differ.
     """
-    parser = make_parser(parity_main)
-    parser.add_argument("--data", help="a UTF-8 text file (default: see above)")
-    parser.add_argument("--report-every", type=int, default=0,
-                        help="print a line every N steps (default: steps / 10)")
-    parser.add_argument("--threshold", type=float, default=None,
+    parser = make_parser(parity_main, usage="%(prog)s [--all] [--data PATH] [flags]")
+    parser.group("data").add_argument("--data", metavar="PATH",
+                                      help="a UTF-8 text file (default: see above)")
+    parity = parser.group("parity")
+    parity.add_argument("--all", action="store_true",
+                        help="every cell x optimiser x clip mode not given as a flag")
+    parity.add_argument("--threshold", type=float, default=None,
                         help="largest allowed |loss difference| (default by dtype)")
-    parser.add_argument("--argmax-sample", type=int, default=0, metavar="N",
+    parity.add_argument("--argmax-sample", type=int, default=0, metavar="N",
                         help="also sample N characters greedily in both; must be identical")
-    parser.add_argument("--sensitivity", action="store_true",
+    parity.add_argument("--sensitivity", action="store_true",
                         help="also train jaxrnn from weights moved by <= 1 ulp and report how "
                              "far its own loss moves (self_sensitivity)")
-    parser.add_argument("--init-in", choices=("jax", "torch"), default="jax",
+    parity.add_argument("--init-in", choices=("jax", "torch"), default="jax",
                         help="the framework that makes the initial weights")
-    parser.add_argument("--all", action="store_true",
-                        help="every cell x optimiser x clip mode not given as a flag")
+    parser.group("output").add_argument("--report-every", type=int, default=0, metavar="N",
+                                        help="print a line every N steps (default: steps / 10)")
     add_config_flags(parser)
     parser.set_defaults(preset=None)
     args = parser.parse_args(argv)
@@ -151,12 +153,14 @@ def train_torch_main(argv=None):
     can put the two runs side by side. It does not checkpoint or resume: every run starts over
     in DIR.
     """
-    parser = make_parser(train_torch_main)
+    parser = make_parser(train_torch_main, usage="%(prog)s --data PATH --workdir DIR [flags]")
     add_text_flags(parser)
-    parser.add_argument("--workdir", required=True, help="run directory (written over)")
-    parser.add_argument("--init-weights", choices=("jaxrnn", "torch"), default="jaxrnn",
-                        help="initial weights: jaxrnn's for the same seed (converted), or "
-                             "torch's own initialisation")
+    run = parser.group("run")
+    run.add_argument("--workdir", required=True, metavar="DIR",
+                     help="run directory (written over)")
+    run.add_argument("--init-weights", choices=("jaxrnn", "torch"), default="jaxrnn",
+                     help="initial weights: jaxrnn's for the same seed (converted), or "
+                          "torch's own initialisation")
     add_config_flags(parser)
     args = parser.parse_args(argv)
     config = config_from_args(args)
@@ -179,4 +183,6 @@ def train_torch_main(argv=None):
               f"characters")
     if args.final_sample:
         print(f"--- {args.final_sample}-character sample (final weights) ---\n{result.sample}")
+        if config.tensorboard:
+            write_final_sample(args.workdir, result.sample, result.steps)
 

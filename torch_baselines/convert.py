@@ -37,15 +37,23 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 import numpy as np
-import torch
+import importlib
 
 from jaxrnn.engine import Recurrent
 from jaxrnn.names import NUM_GATES, TORCH_CELLS
-from torch_baselines.model import RNN_CLASSES, TORCH_DTYPES, TorchCharLM
 
 _PARAM_NAMES = ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
-_TORCH_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32,
-                 "float64": torch.float64}
+_DTYPE_NAMES = ("bfloat16", "float16", "float32", "float64")
+
+
+def _torch():
+    """torch, imported on first use: the renames between jaxrnn params and PyTorch-named numpy
+    arrays (params_to_state_dict, charlm_state_dict, ...; jaxrnn.export) need no torch."""
+    return importlib.import_module("torch")
+
+
+def _torch_model():
+    return importlib.import_module("torch_baselines.model")
 
 
 def torch_key(name: str, layer: int, direction: int) -> str:
@@ -92,7 +100,8 @@ def _to_numpy(value) -> np.ndarray:
     # A copy, never a view: jnp.asarray can wrap an aligned host buffer without copying on CPU,
     # so a view would let later in-place updates of the tensor (optimizer.step) change the jax
     # params too.
-    if isinstance(value, torch.Tensor):
+    if type(value).__module__.startswith("torch"):  # a torch.Tensor (torch is imported then)
+        torch = _torch()
         value = value.detach().cpu()
         if value.dtype == torch.bfloat16:  # numpy has no bfloat16: go through float32, exactly
             return value.float().numpy().astype(jnp.bfloat16)
@@ -162,16 +171,18 @@ def params_to_state_dict(rnn: Recurrent, params) -> dict[str, np.ndarray]:
     return flat
 
 
-def from_torch(module: torch.nn.Module, dtype=None):
+def from_torch(module: "torch.nn.Module", dtype=None, impl: str = "auto"):
     """nn.RNN / nn.LSTM / nn.GRU -> (Recurrent, params) with the same configuration and weights.
 
     Args:
       module: the PyTorch module; `nn.LSTM(proj_size > 0)` is refused.
       dtype: the jax dtype of params; default keeps the module's dtype (float64 needs x64).
+      impl: the returned Recurrent's implementation (jaxrnn.engine; "auto" by default).
 
     Returns:
       (rnn, params): `rnn.apply(params, x, hx, lengths)` equals the module on the same inputs.
     """
+    torch = _torch()
     if not isinstance(module, torch.nn.RNNBase) or module.mode not in (
             "RNN_TANH", "RNN_RELU", "LSTM", "GRU"):
         raise ValueError(f"from_torch needs an nn.RNN, nn.LSTM or nn.GRU, "
@@ -182,11 +193,12 @@ def from_torch(module: torch.nn.Module, dtype=None):
     rnn = Recurrent(mode=module.mode.lower(), input_size=module.input_size,
                     hidden_size=module.hidden_size, num_layers=module.num_layers,
                     bias=module.bias, batch_first=module.batch_first,
-                    dropout=float(module.dropout), bidirectional=module.bidirectional)
+                    dropout=float(module.dropout), bidirectional=module.bidirectional,
+                    impl=impl)
     return rnn, params_from_state_dict(rnn, module.state_dict(), dtype)
 
 
-def to_torch(rnn: Recurrent, params) -> torch.nn.Module:
+def to_torch(rnn: Recurrent, params) -> "torch.nn.Module":
     """(Recurrent, params) -> an nn.RNN / nn.LSTM / nn.GRU with the same configuration and weights.
 
     The module's dtype is the params' dtype (float64, float32, float16 or bfloat16). It is in
@@ -194,15 +206,16 @@ def to_torch(rnn: Recurrent, params) -> torch.nn.Module:
     """
     flat = params_to_state_dict(rnn, params)
     dtypes = sorted({str(a.dtype) for a in flat.values()})
-    if len(dtypes) != 1 or dtypes[0] not in _TORCH_DTYPES:
-        raise ValueError(f"params must all have one dtype out of {sorted(_TORCH_DTYPES)}, "
+    if len(dtypes) != 1 or dtypes[0] not in _DTYPE_NAMES:
+        raise ValueError(f"params must all have one dtype out of {sorted(_DTYPE_NAMES)}, "
                          f"got {dtypes}")
+    torch = _torch()
     kwargs = dict(input_size=rnn.input_size, hidden_size=rnn.hidden_size,
                   num_layers=rnn.num_layers, bias=rnn.bias, batch_first=rnn.batch_first,
                   dropout=rnn.dropout, bidirectional=rnn.bidirectional)
-    torch_class, extra = RNN_CLASSES[rnn.mode]
+    torch_class, extra = _torch_model().RNN_CLASSES[rnn.mode]
     module = torch_class(**kwargs, **extra)
-    torch_dtype = _TORCH_DTYPES[dtypes[0]]
+    torch_dtype = getattr(torch, dtypes[0])
     module = module.to(torch_dtype)
     # torch.from_numpy knows no bfloat16; float32 holds every bfloat16 value exactly.
     tensors = {key: torch.from_numpy(np.array(value, np.float32 if dtypes[0] == "bfloat16"
@@ -241,32 +254,35 @@ def charlm_state_dict(params, model) -> dict[str, np.ndarray]:
     return flat
 
 
-def charlm_to_torch(params, model) -> TorchCharLM:
+def charlm_to_torch(params, model) -> "TorchCharLM":
     """(jaxrnn CharLM params, CharLM) -> a TorchCharLM with the same weights and dtype."""
     flat = charlm_state_dict(params, model)
     dtypes = {a.dtype for a in flat.values()}
     if len(dtypes) != 1:
         raise ValueError(f"params must all have one dtype, got {sorted(map(str, dtypes))}")
-    module = TorchCharLM(model.vocab_size, model.cell, model.hidden_size, model.num_layers,
-                         model.embedding_size, model.dropout)
-    module = module.to(TORCH_DTYPES[np.dtype(dtypes.pop()).name])
+    torch, torch_model = _torch(), _torch_model()
+    module = torch_model.TorchCharLM(model.vocab_size, model.cell, model.hidden_size,
+                                     model.num_layers, model.embedding_size, model.dropout)
+    module = module.to(torch_model.TORCH_DTYPES[np.dtype(dtypes.pop()).name])
     module.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in flat.items()},
                            strict=True)
     return module
 
 
-def charlm_from_torch(module: TorchCharLM, dtype=None):
+def charlm_from_torch(module: "TorchCharLM", dtype=None, impl: str = "auto"):
     """TorchCharLM -> (jaxrnn CharLM, params) with the same weights.
 
     dtype: the jax dtype of params; default keeps the module's (float64 needs jax_enable_x64).
-    The CharLM's cell is the module's canonical name (jaxrnn.names), e.g. "rnn_tanh".
+    The CharLM's cell is the module's canonical name (jaxrnn.names), e.g. "rnn_tanh";
+    impl: its engine's implementation (jaxrnn.engine; "auto" by default).
     """
     from jaxrnn.model import CharLM
 
     state = {k: _to_numpy(v) for k, v in module.state_dict().items()}  # copies, see _to_numpy
-    jax_dtype = _jax_dtype(np.float64 if module.dtype == torch.float64 else np.float32, dtype)
+    jax_dtype = _jax_dtype(np.float64 if module.dtype == _torch().float64 else np.float32,
+                           dtype)
     model = CharLM(module.vocab_size, module.cell, module.hidden_size, module.num_layers,
-                   module.embedding_size, module.dropout_rate, dtype=jax_dtype.name)
+                   module.embedding_size, module.dropout_rate, dtype=jax_dtype.name, impl=impl)
     _check_keys_and_shapes(_charlm_expected_shapes(model), state, "TorchCharLM state_dict")
     rnn_state = {k[len("rnn."):]: v for k, v in state.items() if k.startswith("rnn.")}
     params = {"rnn": params_from_state_dict(model.rnn, rnn_state, jax_dtype),
@@ -275,3 +291,22 @@ def charlm_from_torch(module: TorchCharLM, dtype=None):
     if module.embedding_size:
         params["embedding"] = jnp.asarray(state["embedding.weight"], jax_dtype)
     return model, params
+
+
+def charlm_params_from_state_dict(model, state_dict, dtype=None):
+    """{TorchCharLM state_dict key: array} (torch or numpy) -> jaxrnn CharLM params.
+
+    The inverse of `charlm_state_dict`, without building a torch module (e.g. for arrays read
+    from a safetensors file); every key and shape is checked against `model` (ValueError
+    naming the keys). dtype: the jax dtype; default keeps the arrays' (float64 needs x64).
+    """
+    arrays = {key: _to_numpy(value) for key, value in state_dict.items()}
+    _check_keys_and_shapes(_charlm_expected_shapes(model), arrays, "state_dict")
+    jax_dtype = _jax_dtype(arrays["head.weight"].dtype, dtype)
+    rnn_state = {k[len("rnn."):]: v for k, v in arrays.items() if k.startswith("rnn.")}
+    params = {"rnn": params_from_state_dict(model.rnn, rnn_state, jax_dtype),
+              "head": {"weight": jnp.asarray(arrays["head.weight"], jax_dtype),
+                       "bias": jnp.asarray(arrays["head.bias"], jax_dtype)}}
+    if model.embedding_size:
+        params["embedding"] = jnp.asarray(arrays["embedding.weight"], jax_dtype)
+    return params

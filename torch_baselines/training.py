@@ -234,6 +234,7 @@ def sample_ids(module: TorchCharLM, prime, length: int, *, argmax: bool = False,
 
 def require_torch_model(config) -> None:
     """Raises UserError unless the config's model and cell have a PyTorch twin here."""
+    from jaxrnn.config import REGULARIZER_OFF
     from jaxrnn.errors import UserError
     from jaxrnn.names import TORCH_CELLS
 
@@ -243,6 +244,11 @@ def require_torch_model(config) -> None:
     if config.cell not in TORCH_CELLS:
         raise UserError(f"cell {config.cell} has no PyTorch module; the PyTorch side has "
                         f"{', '.join(TORCH_CELLS)}", fields=("cell",))
+    on = [name for name, off in REGULARIZER_OFF.items() if getattr(config, name) != off]
+    if on:
+        raise UserError(f"the PyTorch side has no {', '.join(on)} (jaxrnn's regularisers, "
+                        f"docs/REGULARIZERS.md); train them with jaxrnn-train",
+                        fields=tuple(on))
 
 
 def require_x64(config) -> None:
@@ -347,7 +353,7 @@ def train_torch(config, data_path: str, workdir: str, *, init_weights: str = "ja
     run.open(config, data_lib.sha256_of(data_path), overwrite=True)  # always starts over
     run.start_over(overwrite=True)
     run.write_header(config, vocab, data_lib.sha256_of(data_path), os.path.getsize(data_path))
-    metrics = MetricsWriter(run.metrics_path)
+    metrics = MetricsWriter(run.metrics_path, tensorboard=config.tensorboard)
     metrics.reset([])
     driver = TorchDriver(TorchTrainer(config, module, windows), batch, device_tokens,
                          val_tokens, vocab, sample_prime(config, vocab))
