@@ -49,13 +49,15 @@ train: data
 	$(BIN)/jaxrnn-train --data data/tinyshakespeare.txt --workdir $(WORKDIR) \
 		--preset $(PRESET) $(TRAIN_FLAGS)
 
-# The tests (about 6 minutes on 2 quiet CPU cores).
+# The tests, in TEST_WORKERS processes (pytest-xdist; a test file stays in one process, so its
+# module fixtures run once). TEST_WORKERS=0 runs them in this process.
+TEST_WORKERS ?= 2
 test: $(VENV)/.installed-dev
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile
 
 # The slow tests too: full parity matrices, long kill/resume runs, full-corpus checks.
 test-slow: $(VENV)/.installed-dev
-	$(PY) -m pytest -q -m "slow or not slow"
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile -m "slow or not slow"
 
 bench: $(VENV)/.installed-dev
 	$(BIN)/jaxrnn-bench

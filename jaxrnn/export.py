@@ -56,13 +56,9 @@ MODEL_IMPL = "reference"
 
 
 def _convert():
-    """torch_baselines.convert (the tensor names), which imports torch."""
-    try:
-        from torch_baselines import convert
-    except ImportError as e:
-        raise UserError(f"exporting and importing need torch_baselines' tensor names, which "
-                        f"import torch ({e}); install the torch extra: pip install "
-                        f"'jaxrnn[torch]'") from None
+    """torch_baselines.convert: the tensor names (its renames import no torch)."""
+    from torch_baselines import convert
+
     return convert
 
 

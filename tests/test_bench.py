@@ -331,6 +331,7 @@ def test_w7_driver_records(monkeypatch):
         bench.layer_options({"impls": ["newton"]})
 
 
+@pytest.mark.slow  # a minute: W6/W7 code is covered by the tiny in-process tests above
 def test_bench_w6_w7_smoke(tmp_path):
     """The real command on W6-256 (every W6 peer) and a small W7 (the GRU at H=8, T=256 by
     reference, auto and deer; --quick): every record has its fields and passed its check."""

@@ -189,6 +189,7 @@ def _run(*args, timeout=120):
                           timeout=timeout)
 
 
+@pytest.mark.slow  # the in-process trajectory tests above cover the parity itself
 def test_parity_script_prints_json_and_exits_0():
     proc = _run("scripts/parity.py", "--steps", "5", "--cell", "gru", "--num-layers", "1")
     assert proc.returncode == 0, proc.stderr[-2000:]

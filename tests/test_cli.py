@@ -5,6 +5,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 try:  # the tensorboard extra: then the end-to-end run writes TensorBoard events too
     import tensorboardX  # noqa: F401
@@ -68,6 +70,7 @@ def _metrics(workdir):
             for r in records]
 
 
+@pytest.mark.slow  # two cold CLI runs
 def test_compile_cache_is_used_and_changes_nothing(tmp_path, small_text):
     """A run compiled afresh, and the same run from the cache, write identical metrics; with
     --compile-cache off nothing is written to the cache folder."""

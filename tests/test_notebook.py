@@ -88,7 +88,6 @@ def executed(tmp_path_factory):
     return notebook
 
 
-@pytest.mark.slow
 def test_notebook_runs_and_torch_matches_jaxrnn(executed):
     text = _stream_text(executed)
     # Part 1: the from-scratch loss is the library's, and training lowered it.
