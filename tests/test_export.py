@@ -411,6 +411,8 @@ def test_the_docs_snippets_load_the_file_and_sample(x64, tmp_path, monkeypatch):
     with open(os.path.join(ROOT, "docs", "EXPORT.md")) as f:
         snippets = re.findall(r"```python\n(.*?)```", f.read(), re.S)
     assert len(snippets) >= 2
+    with open(os.path.join(ROOT, "README.md")) as f:
+        assert snippets[0] in f.read(), "README's export snippet differs from docs/EXPORT.md's"
     monkeypatch.chdir(tmp_path)
     for snippet in snippets[:2]:  # the TorchCharLM one and the plain-torch one
         namespace = {}
