@@ -366,28 +366,7 @@ def run_in_process(task: dict, timeout_s: float | None = None) -> dict:
 def spawn(task: dict, timeout_s: float) -> dict:
     """`child_main` in a fresh `python -m benchmarks.peers_packed --child` process; its
     result, or {"error": ...}."""
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (wl.ROOT, env.get("PYTHONPATH")) if p)
-    if task.get("device") == "cpu":
-        env["JAX_PLATFORMS"] = "cpu"
-    with tempfile.TemporaryDirectory(prefix="jaxrnn-bench-") as tmp:
-        task = {**task, "out": os.path.join(tmp, "result.json")}
-        start = time.monotonic()
-        try:
-            proc = subprocess.run([sys.executable, "-m", "benchmarks.peers_packed", "--child",
-                                   json.dumps(task)], cwd=wl.ROOT, env=env,
-                                  capture_output=True, text=True, timeout=timeout_s)
-        except subprocess.TimeoutExpired:
-            return {"error": f"timed out after {timeout_s:.0f} s", "wall_s": timeout_s}
-        wall_s = time.monotonic() - start
-        if proc.returncode != 0 or not os.path.exists(task["out"]):
-            lines = [line for line in proc.stderr.strip().splitlines() if line.strip()]
-            return {"error": f"exit {proc.returncode}: " + " | ".join(lines[-3:]),
-                    "wall_s": wall_s}
-        with open(task["out"]) as f:
-            result = json.load(f)
-    result["wall_s"] = wall_s
-    return result
+    return wl.run_child(["benchmarks.peers_packed", "--child"], task, timeout_s)
 
 
 # ---------------------------------------------------------------------------- the driver

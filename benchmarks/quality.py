@@ -50,6 +50,7 @@ import typing
 import numpy as np
 
 from jaxrnn import data as data_lib
+from jaxrnn.cli import parse_bool
 from jaxrnn.config import PRESETS, Config, preset
 from jaxrnn.errors import UserError
 from jaxrnn.fileio import atomic_write
@@ -113,14 +114,6 @@ def parse_runs(text: str) -> list[RunSpec]:
     return specs
 
 
-def _parse_bool(text: str) -> bool:
-    if text.lower() in ("1", "true", "yes", "on"):
-        return True
-    if text.lower() in ("0", "false", "no", "off"):
-        return False
-    raise ValueError(f"expected true or false, got {text!r}")
-
-
 def parse_overrides(items: list[str]) -> dict:
     """['val_frac=0.1', 'dropout=0'] -> {"val_frac": 0.1, "dropout": 0.0}, typed by Config.
 
@@ -143,8 +136,8 @@ def parse_overrides(items: list[str]) -> dict:
                             f"jaxrnn.config.Config, as jaxrnn-train --help lists them)")
         kind = kinds[name]
         try:
-            overrides[name] = _parse_bool(value) if kind is bool else kind(value)
-        except ValueError:
+            overrides[name] = parse_bool(value) if kind is bool else kind(value)
+        except (ValueError, argparse.ArgumentTypeError):
             raise UserError(f"--set {item!r}: {name} takes {kind.__name__} values, got "
                             f"{value!r}") from None
     return overrides

@@ -164,24 +164,7 @@ def run_peer(peer: str, workload: SweepWorkload, quick: bool, repeat: int, budge
 
 
 def _spawn(task: dict, timeout_s: float) -> dict:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (wl.ROOT, env.get("PYTHONPATH")) if p)
-    if task.get("device") == "cpu":
-        env["JAX_PLATFORMS"] = "cpu"
-    start = time.monotonic()
-    try:
-        proc = subprocess.run([sys.executable, "-m", "benchmarks.sweep_workload", "--child",
-                               json.dumps(task)], cwd=wl.ROOT, env=env, capture_output=True,
-                              text=True, timeout=timeout_s)
-    except subprocess.TimeoutExpired:
-        return {"error": f"timed out after {timeout_s:.0f} s"}
-    lines = proc.stdout.strip().splitlines()
-    if proc.returncode != 0 or not lines:
-        tail = [line for line in proc.stderr.strip().splitlines() if line.strip()][-3:]
-        return {"error": f"exit {proc.returncode}: " + " | ".join(tail)}
-    result = json.loads(lines[-1])
-    result["wall_s"] = time.monotonic() - start
-    return result
+    return wl.run_child(["benchmarks.sweep_workload", "--child"], task, timeout_s)
 
 
 def make_record(peer: str, result: dict, workload: SweepWorkload = W8) -> dict:
@@ -240,9 +223,10 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if args.child:
         task = json.loads(args.child)
-        print(json.dumps(run_peer(task["peer"], W8, task["quick"], task["repeat"],
-                                  task["budget_s"], task["text"], task.get("device", "cpu"),
-                                  task.get("tf32", True))))
+        result = run_peer(task["peer"], W8, task["quick"], task["repeat"], task["budget_s"],
+                          task["text"], task.get("device", "cpu"), task.get("tf32", True))
+        with open(task["out"], "w") as f:  # where wl.run_child reads it
+            json.dump(result, f)
         return
     from benchmarks.run import format_table
 

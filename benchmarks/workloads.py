@@ -14,9 +14,13 @@ across windows (truncated BPTT) where the workload says so, and resets it where 
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import os
 import statistics
+import subprocess
+import sys
+import tempfile
 import time
 
 import numpy as np
@@ -550,3 +554,35 @@ def ms_stats(call_times) -> dict:
     """ms per call: median, min and max over the timed calls."""
     return {"ms_per_call_median": 1e3 * statistics.median(call_times),
             "ms_per_call_min": 1e3 * min(call_times), "ms_per_call_max": 1e3 * max(call_times)}
+
+
+def run_child(module_args: list[str], task: dict, timeout_s: float) -> dict:
+    """Runs `python -m <module_args> <task as JSON>` in a fresh process, from the repository
+    root with it on PYTHONPATH (JAX_PLATFORMS=cpu for a CPU task, so JAX stays off any GPU).
+
+    The child writes its result as JSON to task["out"], a file this function picks. Returns
+    that result with "wall_s" added, or {"error": ..., "wall_s": ...} if the child failed,
+    wrote nothing or ran past `timeout_s`.
+    """
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (ROOT, env.get("PYTHONPATH")) if p)
+    if task.get("device") == "cpu":
+        env["JAX_PLATFORMS"] = "cpu"
+    with tempfile.TemporaryDirectory(prefix="jaxrnn-bench-") as tmp:
+        task = {**task, "out": os.path.join(tmp, "result.json")}
+        start = time.monotonic()
+        try:
+            proc = subprocess.run([sys.executable, "-m", *module_args, json.dumps(task)],
+                                  cwd=ROOT, env=env, capture_output=True, text=True,
+                                  timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            return {"error": f"timed out after {timeout_s:.0f} s", "wall_s": timeout_s}
+        wall_s = time.monotonic() - start
+        if proc.returncode != 0 or not os.path.exists(task["out"]):
+            lines = [line for line in proc.stderr.strip().splitlines() if line.strip()]
+            return {"error": f"exit {proc.returncode}: " + " | ".join(lines[-3:]),
+                    "wall_s": wall_s}
+        with open(task["out"]) as f:
+            result = json.load(f)
+    result["wall_s"] = wall_s
+    return result

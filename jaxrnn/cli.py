@@ -112,7 +112,8 @@ def cli_main(main):
 # ---------------------------------------------------------------------------- flags
 
 
-def _parse_bool(text: str) -> bool:
+def parse_bool(text: str) -> bool:
+    """A boolean flag's value: 1/true/yes/on or 0/false/no/off (any case)."""
     if text.lower() in ("1", "true", "yes", "on"):
         return True
     if text.lower() in ("0", "false", "no", "off"):
@@ -288,7 +289,7 @@ def add_config_flags(parser: argparse.ArgumentParser) -> None:
     for name, kind, default in config_fields():
         options = dict(nargs="?", const=True) if kind is bool else {}
         _group(parser, field_group(name)).add_argument(
-            flag(name), dest=name, type=_parse_bool if kind is bool else kind, default=None,
+            flag(name), dest=name, type=parse_bool if kind is bool else kind, default=None,
             metavar=kind.__name__.upper(), help=_field_help(name, default), **options)
 
 
